@@ -1,0 +1,139 @@
+"""The method plugin contract.
+
+A method is an ``nn.Module`` subclass registered with ``@register_method(name, family, paper)``:
+
+```python
+@register_method("byol", family="siamese", paper="Grill et al., 2020")
+class BYOL(Method):
+    Config = BYOLConfig                         # dataclass of the paper's defaults
+
+    def __init__(self, backbone, cfg, info): ...
+    def view_recipe(self, info) -> ViewRecipe:  # how many views, sizes, augmentations
+    def training_step(self, batch, step) -> dict[str, Tensor]:   # {"loss": ..., extras}
+    def on_step_end(self, step) -> None:        # EMA update, queue push, schedules
+    def encoder(self) -> nn.Module:             # what the evaluator scores
+```
+
+Everything the method must resume with (EMA teachers, queues, prototypes, centres) is a
+submodule, parameter or buffer, so it lands in ``state_dict`` and therefore in checkpoints.
+Schedules are functions of ``step.progress`` in [0, 1], so every budget type completes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from harness.errors import ConfigError
+from harness.views import ViewRecipe, Views
+
+
+@dataclass
+class DataInfo:
+    """What a method may know about the data before training."""
+
+    name: str
+    channels: int
+    image_size: int
+    num_train: int
+    num_classes: int
+
+
+@dataclass
+class StepInfo:
+    step: int                     # 0-based optimisation step
+    progress: float               # fraction of the budget spent, in [0, 1]
+    total_steps: int | None       # None for wall-clock budgets
+    generator: torch.Generator    # seeded per step: use it for any randomness (masks, rotations)
+
+
+@dataclass
+class Batch:
+    views: Views
+    indices: torch.Tensor         # dataset indices of the batch (memory-bank methods)
+
+
+@dataclass
+class Requirements:
+    vit: bool = False             # needs a timm VisionTransformer backbone
+    color: bool = False           # needs 3-channel images
+    min_image_size: int = 0
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    requires: ClassVar[Requirements] = Requirements()
+    # optimiser defaults (the paper's): base LR at batch 256, weight decay, optimiser name
+    base_lr: ClassVar[float] = 0.05
+    weight_decay: ClassVar[float] = 1e-4
+    optimizer: ClassVar[str] = "sgd"
+
+    def __init__(self, backbone: nn.Module, cfg: Any, info: DataInfo):
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+        self.info = info
+
+    # ---------------------------------------------------------------- contract
+    def view_recipe(self, info: DataInfo) -> ViewRecipe:
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_step_end(self, step: StepInfo) -> None:
+        pass
+
+    def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
+        # the trainer calls the module (so DDP's hooks run); it is the training step
+        return self.training_step(batch, step)
+
+    def encoder(self) -> nn.Module:
+        return self.backbone
+
+    def projector(self) -> nn.Module | None:
+        """Backbone + projector for projector-feature evaluation, if the method has one."""
+        return None
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups; default: everything trainable, no WD on biases/norms."""
+        decay, no_decay = [], []
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+
+    # ---------------------------------------------------------------- helpers
+    @classmethod
+    def make_config(cls, overrides: dict[str, Any]):
+        from harness.config import apply_dict
+
+        cfg = cls.Config()
+        apply_dict(cfg, overrides, prefix="method_cfg.")
+        return cfg
+
+    @classmethod
+    def check_requirements(cls, backbone: nn.Module, info: DataInfo, backbone_name: str) -> None:
+        from harness.backbones import is_vit
+
+        r = cls.requires
+        if r.vit and not is_vit(backbone):
+            raise ConfigError(f"method '{cls.name}' needs a ViT backbone, got '{backbone_name}'; "
+                              "try backbone=vit_mini_p4 or vit_tiny_p4")
+        if r.color and info.channels != 3:
+            raise ConfigError(f"method '{cls.name}' needs colour images; dataset '{info.name}' has {info.channels} channel(s)")
+        if info.image_size < r.min_image_size:
+            raise ConfigError(f"method '{cls.name}' needs images of at least {r.min_image_size} px; "
+                              f"dataset '{info.name}' has {info.image_size} px")
+
+
+def config_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)

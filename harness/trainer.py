@@ -1,0 +1,302 @@
+"""The trainer: budget, LR schedule over progress, bf16 autocast, DDP, checkpoints, resume.
+
+Determinism: the batch indices and every random draw of step ``s`` (views, masks, dropout)
+are seeded from (run seed, s, rank); the LR is a function of progress. A run resumed from
+a checkpoint at step s therefore continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from harness import checkpoint as ckpt
+from harness import distributed as dist
+from harness.backbones import build_backbone, is_convnet
+from harness.config import RunConfig, from_dict, to_dict
+from harness.data import ImageDataset, batch_indices
+from harness.errors import CheckpointError, ConfigError, TrainingDiverged
+from harness.method import Batch, DataInfo, Method, StepInfo
+from harness.nn import warmup_cosine
+from harness.optim import build_optimizer
+from harness.registry import get_method
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA GPU is available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    return precision
+
+
+def data_info(ds: ImageDataset) -> DataInfo:
+    return DataInfo(ds.name, ds.channels, ds.image_size, len(ds.x_train), ds.num_classes)
+
+
+def build_method(cfg: RunConfig, info: DataInfo) -> Method:
+    entry = get_method(cfg.method)
+    mcfg = entry.cls.make_config(cfg.method_cfg)
+    backbone = build_backbone(cfg.backbone, info.channels, info.image_size)
+    entry.cls.check_requirements(backbone, info, cfg.backbone)
+    return entry.cls(backbone, mcfg, info)
+
+
+def steps_per_epoch(n: int, batch: int, cap: int | None = None) -> int:
+    s = max(1, n // batch)
+    return min(s, cap) if cap else s
+
+
+def total_steps(cfg: RunConfig, n_train: int) -> int | None:
+    b = cfg.budget
+    bs = cfg.optim.batch_size
+    if b.kind == "steps":
+        if not float(b.value).is_integer():
+            raise ConfigError(f"bad value {b.value!r} for 'budget.value': a steps budget must be a whole number")
+        return int(b.value)
+    if b.kind == "epochs":
+        return max(1, math.ceil(b.value * steps_per_epoch(n_train, bs, cfg.train.max_steps_per_epoch)))
+    if b.kind == "samples":
+        return max(1, math.ceil(b.value / bs))
+    return None  # seconds
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    images: int
+    throughput: float          # source images per second of training
+    final_loss: float
+    precision: str
+    channels_last: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**62)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, dataset: ImageDataset, run_dir: str | Path,
+                 log_fn: Callable[[dict[str, float], int], None] | None = None):
+        self.cfg = cfg
+        self.ds = dataset
+        self.run_dir = Path(run_dir)
+        self.log_fn = log_fn or (lambda metrics, step: None)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        if self.precision == "bf16" and not bf16_supported(self.device):
+            raise ConfigError(f"train.precision=bf16 but this {self.device.type} has no bf16 support; use fp32 or auto")
+        self.info = data_info(dataset)
+        if cfg.optim.batch_size > len(dataset.x_train):
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(dataset.x_train)} training images")
+        self.world = dist.world_size()
+        if cfg.optim.batch_size % self.world:
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {self.world} processes")
+        torch.manual_seed(cfg.seed)
+        self.method = build_method(cfg, self.info).to(self.device)
+        self.recipe = self.method.view_recipe(self.info)
+        self.recipe.check(self.info.channels, self.info.image_size, cfg.method)
+        cl = cfg.train.channels_last
+        self.channels_last = cl == "on" or (cl == "auto" and is_convnet(self.method.backbone))
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.model = self.method
+        if dist.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                             find_unused_parameters=False)
+        cls = type(self.method)
+        self.opt_name = cfg.optim.name
+        self.base_lr = (cfg.optim.lr if cfg.optim.lr is not None else cls.base_lr * cfg.optim.batch_size / 256)
+        wd = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else cls.weight_decay
+        self.optimizer = build_optimizer(self.opt_name, self.method.param_groups(), self.base_lr, wd, cfg.optim.momentum)
+        self.total = total_steps(cfg, len(dataset.x_train))
+        self.step = 0
+        self.elapsed = 0.0
+        self.last_loss = float("nan")
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, finished: bool) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "finished": finished,
+            "last_loss": self.last_loss,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "config": to_dict(self.cfg),
+            "method": self.cfg.method,
+            "backbone": self.cfg.backbone,
+            "data_info": dataclasses.asdict(self.info),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = from_dict(state["config"])
+        for key in ("method", "backbone", "seed"):
+            if getattr(saved, key) != getattr(self.cfg, key):
+                raise CheckpointError(f"cannot resume: checkpoint has {key}={getattr(saved, key)!r}, "
+                                      f"this run has {getattr(self.cfg, key)!r}")
+        if (saved.budget.kind, saved.optim.batch_size) != (self.cfg.budget.kind, self.cfg.optim.batch_size):
+            raise CheckpointError("cannot resume: the checkpoint was written with a different budget kind or batch size")
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, finished: bool = False) -> None:
+        if dist.is_main():
+            ckpt.save_atomic(self.state_dict(finished), self.checkpoint_path)
+
+    # ------------------------------------------------------------------ loop
+    def progress(self) -> float:
+        if self.total is not None:
+            return self.step / self.total
+        return self.elapsed / self.cfg.budget.value
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        if resume and self.checkpoint_path.exists():
+            self.load_state(ckpt.load(self.checkpoint_path, map_location=str(self.device)))
+        elif resume:
+            print(f"sslbench: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+        cfg = self.cfg
+        x_all = self.ds.x_train
+        if self.device.type == "cuda":
+            x_all = x_all.to(self.device)
+        n = len(x_all)
+        bs_local = cfg.optim.batch_size // self.world
+        rank = dist.rank()
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        self.method.train()
+        bar = self._bar()
+        last_ckpt_time = time.monotonic()
+        last_ckpt_step = self.step
+        images_per_step = cfg.optim.batch_size
+        log_every = max(1, min(50, (self.total or 10**9) // 20 or 1))
+        while self.progress() < 1.0:
+            t0 = time.perf_counter()
+            p = self.progress()
+            lr_factor = warmup_cosine(p, cfg.optim.warmup, 1.0, 0.0)
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.base_lr * lr_factor * g.get("base_lr_scale", 1.0)
+            seed = _step_seed(cfg.seed, self.step, rank)
+            torch.manual_seed(seed)
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            spe = steps_per_epoch(n, cfg.optim.batch_size, cfg.train.max_steps_per_epoch)
+            epoch, i = divmod(self.step, spe)
+            idx = batch_indices(n, cfg.optim.batch_size, epoch * max(1, n // cfg.optim.batch_size) + i, cfg.seed)
+            idx = idx[rank * bs_local : (rank + 1) * bs_local]
+            x = x_all[idx].to(self.device, non_blocking=True)
+            views = self.recipe(x, gen, self.ds.mean, self.ds.std)
+            if self.channels_last:
+                views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
+            info = StepInfo(self.step, p, self.total, gen)
+            with amp:
+                out = self.model(Batch(views, idx.to(self.device)), info)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at step {self.step} ({cfg.method}, lr {self.base_lr * lr_factor:.3g}); "
+                    "the run is marked FAILED: lower optim.lr, set optim.grad_clip, or use train.precision=fp32"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.method.on_step_end(info)
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self.last_loss = float(loss.detach())
+            if self.step % log_every == 0 or self.step == 1:
+                metrics = {"train/loss": self.last_loss, "train/lr": self.base_lr * lr_factor,
+                           "train/progress": self.progress()}
+                for k, v in out.items():
+                    if k != "loss" and torch.is_tensor(v) and v.numel() == 1:
+                        metrics[f"train/{k}"] = float(v)
+                self.log_fn(metrics, self.step)
+            if bar is not None:
+                self._bar_update(bar, images_per_step, dt)
+            now = time.monotonic()
+            every_steps = cfg.train.checkpoint_every_steps
+            if (every_steps and self.step - last_ckpt_step >= every_steps) or now - last_ckpt_time >= cfg.train.checkpoint_every_seconds:
+                self.save(finished=False)
+                last_ckpt_time, last_ckpt_step = time.monotonic(), self.step
+        if bar is not None:
+            bar.close()
+        self.save(finished=True)
+        images = self.step * images_per_step
+        return TrainResult(self.checkpoint_path, self.step, self.elapsed, images,
+                           images / max(self.elapsed, 1e-9), self.last_loss, self.precision,
+                           self.channels_last, self.recipe.notes())
+
+    # ------------------------------------------------------------------ progress bar
+    def _bar(self):
+        if not self.cfg.train.progress or not dist.is_main():
+            return None
+        from tqdm.auto import tqdm
+
+        desc = f"{self.cfg.method}/{self.cfg.backbone} seed {self.cfg.seed}"
+        if self.total is not None:
+            return tqdm(total=self.total, initial=self.step, desc=desc, unit="step", mininterval=1.0,
+                        dynamic_ncols=True, file=sys.stderr)
+        return tqdm(total=float(self.cfg.budget.value), initial=self.elapsed, desc=desc, unit="s",
+                    mininterval=1.0, dynamic_ncols=True, file=sys.stderr,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s budget [{elapsed}<{remaining}{postfix}]")
+
+    def _bar_update(self, bar, images_per_step: int, dt: float) -> None:
+        bar.update(1 if self.total is not None else dt)
+        if self.step % 10 == 0:
+            bar.set_postfix(loss=f"{self.last_loss:.3f}", img_s=f"{self.step * images_per_step / max(self.elapsed, 1e-9):.0f}",
+                            refresh=False)
+
+
+def load_trained_method(path: str | Path, map_location: str = "cpu") -> tuple[Method, RunConfig, dict[str, Any]]:
+    """Rebuild a method (backbone included) from a checkpoint written by the trainer."""
+    state = ckpt.load(path, map_location=map_location)
+    try:
+        cfg = from_dict(state["config"])
+        info = DataInfo(**state["data_info"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not an sslbench checkpoint ({e})") from None
+    method = build_method(cfg, info)
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match {cfg.method}/{cfg.backbone} ({str(e).splitlines()[0][:100]})") from None
+    method.eval()
+    return method, cfg, state

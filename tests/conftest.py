@@ -1,0 +1,21 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass their own store
+if not os.environ["MLFLOW_TRACKING_URI"]:
+    del os.environ["MLFLOW_TRACKING_URI"]
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+CIFAR_NPZ = os.path.abspath(os.path.join(SHARED, "cifar10.npz"))
+
+
+@pytest.fixture
+def synthetic():
+    from harness.data import synthetic as make
+
+    return make(n_train=256, n_test=128, image_size=16, channels=3, num_classes=4)
