@@ -187,7 +187,8 @@ class Trainer:
             return self.step / self.total
         return self.elapsed / self.cfg.budget.value
 
-    def fit(self, resume: bool = False) -> TrainResult:
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train until the budget is spent (or, for tests and preemption drills, until step ``stop_after``)."""
         if resume and self.checkpoint_path.exists():
             self.load_state(ckpt.load(self.checkpoint_path, map_location=str(self.device)))
         elif resume:
@@ -206,7 +207,7 @@ class Trainer:
         last_ckpt_step = self.step
         images_per_step = cfg.optim.batch_size
         log_every = max(1, min(50, (self.total or 10**9) // 20 or 1))
-        while self.progress() < 1.0:
+        while self.progress() < 1.0 and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
             p = self.progress()
             lr_factor = warmup_cosine(p, cfg.optim.warmup, 1.0, 0.0)
@@ -258,7 +259,7 @@ class Trainer:
                 last_ckpt_time, last_ckpt_step = time.monotonic(), self.step
         if bar is not None:
             bar.close()
-        self.save(finished=True)
+        self.save(finished=self.progress() >= 1.0)
         images = self.step * images_per_step
         return TrainResult(self.checkpoint_path, self.step, self.elapsed, images,
                            images / max(self.elapsed, 1e-9), self.last_loss, self.precision,

@@ -1,0 +1,264 @@
+"""The ``sslbench`` command line.
+
+    sslbench run [SUITE] [key=value ...]        pretrain + evaluate a suite, print the leaderboard
+    sslbench pretrain [key=value ...]           train one method under a budget (then evaluate it)
+    sslbench eval TARGET [key=value ...]        score a checkpoint, or a random-init timm/backbone name
+    sslbench leaderboard [--experiment NAME]    tables with 95% CIs from MLflow, written under results/
+    sslbench methods                            every method with family and paper
+    sslbench ui [--port N]                      the MLflow UI on 127.0.0.1 against the same store
+
+Errors caused by input print one line (``sslbench: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from harness.errors import SSLBenchError
+
+OVERRIDES_HELP = ("config overrides as key=value, e.g. budget.kind=steps budget.value=200 optim.lr=0.1 "
+                  "method_cfg.temperature=0.2 data.name=cifar10 data.data_dir=PATH (see 'sslbench pretrain --help')")
+
+
+def _config_keys_help() -> str:
+    from harness.config import RunConfig, flatten
+
+    keys = flatten(RunConfig())
+    return "config keys (defaults):\n" + "\n".join(f"  {k} = {v!r}" for k, v in keys.items() if k != "method_cfg") + \
+        "\n  method_cfg.<key> = the method's own settings (see 'sslbench methods --verbose')"
+
+
+def _cfg(args, extra_base: dict | None = None):
+    from harness.config import load_yaml, parse_overrides, resolve
+
+    base = dict(extra_base or {})
+    if getattr(args, "config", None):
+        base.update(load_yaml(args.config))
+    return resolve(parse_overrides(args.overrides), base=base)
+
+
+def cmd_pretrain(args) -> int:
+    from harness.runner import pretrain
+
+    cfg = _cfg(args)
+    state = pretrain(cfg, resume=args.resume, evaluate=not args.no_eval)
+    _print_metrics(state.get("metrics", {}))
+    if state.get("checkpoint"):
+        print(f"checkpoint: {state['checkpoint']}")
+    print(f"mlflow run: {state.get('run_id')}")
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for k, v in sorted(metrics.items()):
+        if isinstance(v, float):
+            print(f"  {k:28s} {v:.4f}")
+
+
+def cmd_eval(args) -> int:
+    from harness.runner import evaluate_target
+
+    cfg = _cfg(args)
+    if args.protocols:
+        cfg.eval.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+        from harness.config import resolve
+
+        resolve({"eval.protocols": cfg.eval.protocols})  # validates the names
+    res = evaluate_target(args.target, cfg)
+    _print_metrics(res["metrics"])
+    print(f"mlflow run: {res['run_id']}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from harness.config import parse_overrides
+    from harness.runner import load_suite, run_suite
+
+    overrides = parse_overrides(args.overrides)
+    if args.seeds:
+        spec = load_suite(args.suite).__dict__
+        spec = {k: v for k, v in spec.items()}
+        spec["seeds"] = [int(s) for s in args.seeds.split(",")]
+        suite_spec = spec
+    else:
+        suite_spec = args.suite
+    run_suite(suite_spec, overrides, resume=args.resume)
+    name = load_suite(suite_spec).name if isinstance(suite_spec, str) else suite_spec["name"]
+    return _leaderboard(experiment=name, uri=overrides.get("tracking.uri"), out=args.out,
+                        command="sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
+def _leaderboard(experiment: str | None, uri: str | None, out: str, dataset=None, backbone=None, budget=None,
+                 sort="knn/top1@20", command: str = "") -> int:
+    from harness import leaderboard as lb
+    from harness import tracking
+
+    runs = tracking.fetch_runs([experiment] if experiment else None, uri=uri)
+    tables = lb.build(runs, dataset=dataset, backbone=backbone, budget=budget, sort=sort)
+    if not tables:
+        where = f"experiment '{experiment}'" if experiment else "the store"
+        raise SSLBenchError(f"no finished runs in {where} ({tracking.tracking_uri(uri)}); run 'sslbench run' first")
+    for t in tables:
+        print()
+        print(lb.plain(t))
+    stem = "leaderboard"
+    out_dir = Path(out) / (experiment or "all")
+    paths = lb.write(tables, out_dir, stem, command=command)
+    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    cmd = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return _leaderboard(args.experiment, args.tracking_uri, args.out, args.dataset, args.backbone, args.budget,
+                        args.sort, command=cmd)
+
+
+def cmd_methods(args) -> int:
+    import dataclasses
+
+    from harness.registry import methods
+
+    rows = [(e.name, e.family, e.paper, e.source) for e in methods().values()]
+    w = [max(len(r[i]) for r in rows + [("method", "family", "paper", "source")]) for i in range(3)]
+    print(f"{'method'.ljust(w[0])}  {'family'.ljust(w[1])}  paper")
+    for r in rows:
+        print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2]}" + (f"  [{r[3]}]" if not r[3].startswith("methods.") else ""))
+        if args.verbose:
+            e = methods()[r[0]]
+            for f in dataclasses.fields(e.cls.Config):
+                print(f"    method_cfg.{f.name} = {getattr(e.cls.Config(), f.name)!r}")
+            print(f"    optimizer {e.cls.optimizer}, base lr {e.cls.base_lr} x batch/256, weight decay {e.cls.weight_decay}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import time
+    import urllib.request
+
+    from harness import tracking
+
+    uri = tracking.tracking_uri(args.tracking_uri)
+    proc = tracking.start_ui(uri, "127.0.0.1", args.port)
+    url = f"http://127.0.0.1:{args.port}"
+    deadline = time.time() + args.start_timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise SSLBenchError(f"the MLflow UI exited at start ({err[-1] if err else 'no message'}); is port {args.port} free?")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        tracking_stop(proc)
+        raise SSLBenchError(f"the MLflow UI did not answer on {url} within {args.start_timeout:.0f}s")
+    print(f"MLflow UI: {url} (store {uri}); Ctrl-C to stop", flush=True)
+    try:
+        if args.duration:
+            time.sleep(args.duration)
+        else:
+            proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        tracking_stop(proc)
+    return 0
+
+
+def tracking_stop(proc) -> None:
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except Exception:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sslbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, help_, fn, overrides=True, epilog=None):
+        sp = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        if overrides:
+            sp.add_argument("--config", metavar="YAML", help="a YAML file of config keys (applied before key=value overrides)")
+        return sp
+
+    sp = add("pretrain", "pretrain one method under a fixed budget, then evaluate it (logged to MLflow)", cmd_pretrain,
+             epilog=_config_keys_help())
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    sp.add_argument("--no-eval", action="store_true", help="skip evaluation after pretraining")
+
+    sp = add("eval", "evaluate a checkpoint, or a random-init encoder given a backbone/timm model name", cmd_eval,
+             epilog=_config_keys_help())
+    sp.add_argument("target", help="a checkpoint.pt written by 'sslbench pretrain', or a backbone name (e.g. cnn4, resnet18)")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    sp.add_argument("--protocols", help="comma-separated subset of knn,linear,align_uniform")
+
+    sp = add("run", "run a suite (pretrain + evaluate several methods, plus random-init rows) and print the leaderboard",
+             cmd_run, overrides=False)
+    sp.add_argument("suite", nargs="?", default="default",
+                    help="a suite YAML path or a built-in suite name (default: 'default', Fashion-MNIST)")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run of the suite")
+    sp.add_argument("--resume", action="store_true", help="skip finished runs and continue interrupted ones")
+    sp.add_argument("--seeds", help="comma-separated seeds, replacing the suite's")
+    sp.add_argument("--out", default="results", help="where leaderboards are written (default: results/)")
+
+    sp = add("leaderboard", "print and write leaderboards (Markdown, CSV, HTML, PNG) from the MLflow store", cmd_leaderboard,
+             overrides=False)
+    sp.add_argument("--experiment", help="the suite/experiment name (default: all)")
+    sp.add_argument("--dataset")
+    sp.add_argument("--backbone")
+    sp.add_argument("--budget", help="e.g. seconds=240.0")
+    sp.add_argument("--sort", default="knn/top1@20", help="metric to sort rows by (default knn/top1@20)")
+    sp.add_argument("--out", default="results", help="output folder (default: results/)")
+    sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+
+    sp = add("methods", "list every registered method with its family and paper", cmd_methods, overrides=False)
+    sp.add_argument("--verbose", "-v", action="store_true", help="also list each method's config keys and defaults")
+
+    sp = add("ui", "start the MLflow UI on 127.0.0.1 against the same store (Ctrl-C stops it)", cmd_ui, overrides=False)
+    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+    sp.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
+    sp.add_argument("--start-timeout", type=float, default=60)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (argparse stops collecting positionals there)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides or []) + extra
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.fn(args)
+    except SSLBenchError as e:
+        print(f"sslbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sslbench: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Leaderboards from MLflow runs: mean over seeds with a 95% Student-t interval.
+
+Runs are grouped into separate tables by (dataset, budget, evaluation protocol), so runs
+with different budgets, protocols or datasets never share a column. Inside a table, one row
+per (method, backbone); each cell is ``mean ± half-width (n)``; a single-seed cell shows
+``(n=1)`` and no interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS: list[tuple[str, str, bool]] = [  # metric, header, higher is better
+    ("knn/top1@20", "kNN@20", True),
+    ("knn/top1@200", "kNN@200", True),
+    ("linear/top1", "linear", True),
+    ("finetune/top1", "fine-tune", True),
+    ("align", "align", False),
+    ("uniform", "uniform", False),
+    ("pretrain/throughput", "img/s", True),
+    ("pretrain/seconds", "train s", True),
+]
+
+
+def ci95(values) -> tuple[float, float, int]:
+    """Mean, 95% half-width (Student t, n-1 dof; nan for n < 2) and n of the finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return float(v.mean()), half, n
+
+
+def _protocol_key(row: pd.Series) -> str:
+    knobs = sorted((k, str(v)) for k, v in row.items() if k.startswith("params.eval.") and isinstance(v, str))
+    return hashlib.sha1(repr(knobs).encode()).hexdigest()[:8]
+
+
+@dataclass
+class Table:
+    dataset: str
+    budget: str
+    protocol: str
+    frame: pd.DataFrame          # one row per (method, backbone); columns metric/mean, metric/ci, metric/n
+
+
+def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None = None, budget: str | None = None,
+          sort: str = "knn/top1@20") -> list[Table]:
+    if runs.empty:
+        return []
+    df = runs.copy()
+    for col in ("params.method", "params.backbone", "params.data.name", "params.budget.kind", "params.budget.value", "params.seed"):
+        if col not in df:
+            df[col] = None
+    df["dataset"] = df["params.data.name"]
+    df["budget"] = df["params.budget.kind"].astype(str) + "=" + df["params.budget.value"].astype(str)
+    df["protocol"] = df.apply(_protocol_key, axis=1)
+    # the same (method, backbone, dataset, budget, protocol, seed) logged twice: keep the newest run
+    if "start_time" in df:
+        df = df.sort_values("start_time")
+    df = df.drop_duplicates(["params.method", "params.backbone", "dataset", "budget", "protocol", "params.seed"], keep="last")
+    if dataset:
+        df = df[df["dataset"] == dataset]
+    if backbone:
+        df = df[df["params.backbone"] == backbone]
+    if budget:
+        df = df[df["budget"] == budget]
+    tables = []
+    for (ds, bud, proto), g in df.groupby(["dataset", "budget", "protocol"], sort=True):
+        rows = []
+        for (method, bb), r in g.groupby(["params.method", "params.backbone"], sort=False):
+            row = {"method": method, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique())))}
+            for metric, _, _ in COLUMNS:
+                col = f"metrics.{metric}"
+                mean, half, n = ci95(r[col].tolist()) if col in r else (float("nan"), float("nan"), 0)
+                row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        key = f"{sort}/mean"
+        if key in frame:
+            frame = frame.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
+        tables.append(Table(ds, bud, proto, frame))
+    return tables
+
+
+def _cell(mean: float, half: float, n: int, metric: str) -> str:
+    if n == 0 or not np.isfinite(mean):
+        return "–"
+    digits = 0 if metric in ("pretrain/throughput", "pretrain/seconds") else (3 if metric in ("align", "uniform") else 1)
+    s = f"{mean:.{digits}f}"
+    if n >= 2 and np.isfinite(half):
+        s += f" ± {half:.{digits}f}"
+    return f"{s} (n={n})"
+
+
+def to_rows(t: Table) -> tuple[list[str], list[list[str]]]:
+    present = [(m, h) for m, h, _ in COLUMNS if t.frame[f"{m}/n"].max() > 0]
+    headers = ["method", "backbone", "seeds"] + [h for _, h in present]
+    rows = []
+    for _, r in t.frame.iterrows():
+        rows.append([str(r["method"]), str(r["backbone"]), str(r["seeds"])] +
+                    [_cell(r[f"{m}/mean"], r[f"{m}/ci"], int(r[f"{m}/n"]), m) for m, _ in present])
+    return headers, rows
+
+
+def markdown(t: Table) -> str:
+    headers, rows = to_rows(t)
+    lines = [f"**dataset** {t.dataset} · **budget** {t.budget} · **protocol** {t.protocol} "
+             "(cells: mean ± 95% CI (Student t) over seeds, n = number of seeds; accuracy in %, top-1)", "",
+             "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plain(t: Table) -> str:
+    headers, rows = to_rows(t)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = [f"dataset {t.dataset} | budget {t.budget} | protocol {t.protocol} | mean ± 95% CI (n seeds)",
+           "  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
+
+
+def flat_csv(t: Table) -> pd.DataFrame:
+    f = t.frame.copy()
+    f.insert(0, "dataset", t.dataset)
+    f.insert(1, "budget", t.budget)
+    f.insert(2, "protocol", t.protocol)
+    return f
+
+
+def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = "") -> list[Path]:
+    """Write Markdown, CSV and HTML (and PNG plots) under ``out_dir``; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = [f"# Leaderboard: {stem}", ""]
+    if command:
+        md += [f"Produced by: `{command}`", ""]
+    md += ["\n\n".join(markdown(t) for t in tables)]
+    paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.html"]
+    paths[0].write_text("\n".join(md) + "\n")
+    pd.concat([flat_csv(t) for t in tables], ignore_index=True).to_csv(paths[1], index=False)
+    html = [f"<h1>Leaderboard: {stem}</h1>"] + ([f"<p>Produced by: <code>{command}</code></p>"] if command else [])
+    for t in tables:
+        headers, rows = to_rows(t)
+        html.append(f"<h2>{t.dataset} · {t.budget} · protocol {t.protocol}</h2>")
+        html.append(pd.DataFrame(rows, columns=headers).to_html(index=False, escape=True))
+    paths[2].write_text("\n".join(html))
+    paths += plot(tables, out, stem)
+    return paths
+
+
+def plot(tables: list[Table], out: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for i, t in enumerate(tables):
+        f = t.frame
+        sfx = f"-{i}" if len(tables) > 1 else ""
+        labels = [f"{m}\n{b}" for m, b in zip(f["method"], f["backbone"])]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        ax = axes[0]
+        for metric, name, off in (("knn/top1@20", "kNN@20", -0.2), ("linear/top1", "linear", 0.2)):
+            if f[f"{metric}/n"].max() > 0:
+                y = f[f"{metric}/mean"].to_numpy(float)
+                err = np.nan_to_num(f[f"{metric}/ci"].to_numpy(float))
+                ax.bar(np.arange(len(f)) + off, y, width=0.4, yerr=err, capsize=3, label=name)
+        ax.set_xticks(np.arange(len(f)), labels, fontsize=8)
+        ax.set_ylabel("top-1 accuracy (%)")
+        lo = np.nanmin(np.r_[f.get("knn/top1@20/mean", pd.Series([np.nan])), f.get("linear/top1/mean", pd.Series([np.nan]))])
+        if np.isfinite(lo):
+            ax.set_ylim(max(0, lo - 10), None)
+        ax.legend()
+        ax.set_title(f"{t.dataset}, budget {t.budget} (95% CI)")
+        ax = axes[1]
+        if f["align/n"].max() > 0:
+            for _, r in f.iterrows():
+                ax.scatter(r["uniform/mean"], r["align/mean"])
+                ax.annotate(f"{r['method']}", (r["uniform/mean"], r["align/mean"]), fontsize=8)
+        ax.set_xlabel("uniformity (lower is better)")
+        ax.set_ylabel("alignment (lower is better)")
+        ax.set_title("alignment vs uniformity (Wang & Isola, 2020)")
+        fig.tight_layout()
+        p = out / f"{stem}{sfx}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
