@@ -1,3 +1,3 @@
 """Built-in method plugins; importing this package registers them."""
 
-from methods import simclr  # noqa: F401
+from methods import byol, mae, moco, rotnet, simclr  # noqa: F401

@@ -54,3 +54,40 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     p = F.normalize(p.float(), dim=1)
     z = F.normalize(z.detach().float(), dim=1)
     return (2 - 2 * (p * z).sum(dim=1)).mean()
+
+
+def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """BYOL's symmetrised loss (Grill et al., 2020), eq. 2 plus its mirror.
+
+    With predictions p_v = q(g(f(x_v))) of the online network and target projections
+    z'_v = g'(f'(x_v)) (no gradient):
+
+        L = [2 - 2 cos(p1, sg(z'2))] + [2 - 2 cos(p2, sg(z'1))],  each term averaged over the batch
+    """
+    return negative_cosine(p1, z2) + negative_cosine(p2, z1)
+
+
+def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
+             eps: float = 1e-6) -> torch.Tensor:
+    """MAE reconstruction loss (He et al., 2022): MSE on the masked patches only.
+
+    ``pred`` and ``target`` are (B, L, P) per-patch pixel vectors, ``mask`` is (B, L) with 1 for
+    a masked (removed) patch. With ``norm_pix`` the target of each patch is normalised by its own
+    mean and variance, t_hat = (t - mean(t)) / sqrt(var(t) + eps), var being the unbiased
+    variance over the patch's P values (torch's default, as in the paper's code):
+
+        L = sum_{b,l} m_bl * mean_p (pred_blp - t_hat_blp)^2 / sum_{b,l} m_bl
+    """
+    target = target.float()
+    if norm_pix:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + eps) ** 0.5
+    per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+    mask = mask.to(per_patch.dtype)
+    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def rotation_targets(batch: int, n_rotations: int = 4, device=None) -> torch.Tensor:
+    """Labels for a batch stacked as [all images rotated by 0, by 90, by 180, by 270 degrees]."""
+    return torch.arange(n_rotations, device=device).repeat_interleave(batch)

@@ -47,7 +47,7 @@ def test_split_bn_forward_keeps_row_order():
 def _cfg(method, **kw):
     return resolve({"method": method, "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
                     "budget.value": 3, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32",
-                    "method_cfg.queue_size": 64, **kw})
+                    "method_cfg.queue_size": 64, "method_cfg.bn_splits": 2, **kw})
 
 
 @pytest.mark.parametrize("method", ["moco_v2", "moco"])
