@@ -4,6 +4,8 @@
     sslbench pretrain [key=value ...]           train one method under a budget (then evaluate it)
     sslbench eval TARGET [key=value ...]        score a checkpoint, or a random-init timm/backbone name
     sslbench leaderboard [--experiment NAME]    tables with 95% CIs from MLflow, written under results/
+    sslbench compare A B                        paired regression report between two run sets (exit 1 on regression)
+    sslbench check [key=value ...]              CI gate: tiny suite vs the committed baseline (exit 1 on failure)
     sslbench methods                            every method with family and paper
     sslbench ui [--port N]                      the MLflow UI on 127.0.0.1 against the same store
 
@@ -46,6 +48,8 @@ def cmd_pretrain(args) -> int:
 
     cfg = _cfg(args)
     state = pretrain(cfg, resume=args.resume, evaluate=not args.no_eval)
+    if not state:  # a non-main DDP rank: rank 0 reports
+        return 0
     _print_metrics(state.get("metrics", {}))
     if state.get("checkpoint"):
         print(f"checkpoint: {state['checkpoint']}")
@@ -108,6 +112,10 @@ def _leaderboard(experiment: str | None, uri: str | None, out: str, dataset=None
     stem = "leaderboard"
     out_dir = Path(out) / (experiment or "all")
     paths = lb.write(tables, out_dir, stem, command=command)
+    from harness.compare import runs_frame
+
+    runs_frame(runs).to_csv(out_dir / "runs.csv", index=False)  # per-run rows, for 'sslbench compare'
+    paths.append(out_dir / "runs.csv")
     print("\nwritten: " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -116,6 +124,61 @@ def cmd_leaderboard(args) -> int:
     cmd = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return _leaderboard(args.experiment, args.tracking_uri, args.out, args.dataset, args.backbone, args.budget,
                         args.sort, command=cmd)
+
+
+def cmd_compare(args) -> int:
+    from harness.compare import compare, load_selection, report
+
+    a = load_selection(args.a, args.tracking_uri)
+    b = load_selection(args.b, args.tracking_uri)
+    rows = compare(a, b, args.metric or ["knn/top1@20", "linear/top1"], args.tolerance)
+    print(report(rows, args.tolerance))
+    regressions = [r for r in rows if r.verdict.startswith("regression")]
+    if regressions:
+        names = ", ".join(sorted({f"{r.method} ({r.metric})" for r in regressions}))
+        print(f"REGRESSION: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args) -> int:
+    import pandas as pd
+
+    from harness import check
+    from harness.config import parse_overrides
+    from harness.runner import load_suite, run_suite
+
+    overrides = parse_overrides(args.overrides)
+    suite = load_suite(args.suite).__dict__
+    suite["seeds"] = [int(s) for s in args.seeds.split(",")] if args.seeds else suite["seeds"]
+    if args.methods:
+        suite["methods"] = args.methods.split(",")
+    results = run_suite(dict(suite), overrides, resume=False)
+    rows = []
+    for r in results:
+        if "failed" in r:
+            rows.append({"method": r["config"]["method"], "seed": r["config"]["seed"], args.metric: float("nan")})
+        elif r.get("metrics"):
+            rows.append({"method": r["config"]["method"], "seed": r["config"]["seed"], args.metric: r["metrics"].get(args.metric)})
+    current = pd.DataFrame(rows)
+    baseline_path = Path(args.baseline)
+    if args.update_baseline:
+        base = check.make_baseline(current, args.metric)
+        if (base["n"] < 3).any():
+            print("sslbench: warning: a baseline from fewer than 3 seeds has no useful variance band", file=sys.stderr)
+        baseline_path.parent.mkdir(parents=True, exist_ok=True)
+        base.to_csv(baseline_path, index=False)
+        print(base.to_string(index=False))
+        print(f"baseline written: {baseline_path}")
+        return 0
+    verdicts = check.judge(current, check.load_baseline(baseline_path), k=args.k, min_band=args.min_band)
+    print(check.table(verdicts))
+    failed = [v.method for v in verdicts if not v.ok]
+    if failed:
+        print(f"CHECK FAILED: {', '.join(failed)} below the baseline band ({args.metric})", file=sys.stderr)
+        return 1
+    print("CHECK PASSED")
+    return 0
 
 
 def cmd_methods(args) -> int:
@@ -142,7 +205,15 @@ def cmd_ui(args) -> int:
 
     from harness import tracking
 
+    import signal
+
     uri = tracking.tracking_uri(args.tracking_uri)
+    tracking.client(uri)  # creates the store's schema (and checks a server URI) before the UI opens it
+
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     proc = tracking.start_ui(uri, "127.0.0.1", args.port)
     url = f"http://127.0.0.1:{args.port}"
     deadline = time.time() + args.start_timeout
@@ -225,6 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sort", default="knn/top1@20", help="metric to sort rows by (default knn/top1@20)")
     sp.add_argument("--out", default="results", help="output folder (default: results/)")
     sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+
+    sp = add("compare", "compare two run sets (runs CSVs, commit:SHA or experiment:NAME); exit 1 on a regression",
+             cmd_compare, overrides=False)
+    sp.add_argument("a", help="baseline: a runs.csv, commit:SHA or experiment:NAME")
+    sp.add_argument("b", help="candidate: a runs.csv, commit:SHA or experiment:NAME")
+    sp.add_argument("--metric", action="append", help="metric(s) to compare (default: knn/top1@20 and linear/top1)")
+    sp.add_argument("--tolerance", type=float, default=1.0, help="smallest drop (in metric units) called a regression")
+    sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+
+    sp = add("check", "CI performance gate: run the CI suite and compare with the committed baseline (exit 1 on failure)",
+             cmd_check, overrides=False)
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for every run (e.g. data.data_dir=PATH)")
+    sp.add_argument("--suite", default="ci", help="suite name or YAML (default: ci)")
+    sp.add_argument("--methods", help="comma-separated subset of the suite's methods")
+    sp.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
+    sp.add_argument("--metric", default="knn/top1@20")
+    sp.add_argument("--baseline", default=str(Path("results/ci/baseline.csv")))
+    sp.add_argument("--update-baseline", action="store_true", help="write the baseline from this run's seeds")
+    sp.add_argument("--k", type=float, default=3.0, help="band = max(k x seed std, --min-band)")
+    sp.add_argument("--min-band", type=float, default=1.0)
 
     sp = add("methods", "list every registered method with its family and paper", cmd_methods, overrides=False)
     sp.add_argument("--verbose", "-v", action="store_true", help="also list each method's config keys and defaults")

@@ -104,7 +104,7 @@ class RunConfig:
     method_cfg: dict[str, Any] = field(default_factory=dict)  # the method's own Config keys
 
 
-PROTOCOLS = ("knn", "linear", "align_uniform")
+PROTOCOLS = ("knn", "linear", "align_uniform", "linear_lbfgs")
 
 
 # --------------------------------------------------------------------------- parsing

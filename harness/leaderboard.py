@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+RANDOM_INIT = "random_init"
+
 COLUMNS: list[tuple[str, str, bool]] = [  # metric, header, higher is better
     ("knn/top1@20", "kNN@20", True),
     ("knn/top1@200", "kNN@200", True),
@@ -66,16 +68,31 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
     df["dataset"] = df["params.data.name"]
     df["budget"] = df["params.budget.kind"].astype(str) + "=" + df["params.budget.value"].astype(str)
     df["protocol"] = df.apply(_protocol_key, axis=1)
-    # the same (method, backbone, dataset, budget, protocol, seed) logged twice: keep the newest run
-    if "start_time" in df:
-        df = df.sort_values("start_time")
-    df = df.drop_duplicates(["params.method", "params.backbone", "dataset", "budget", "protocol", "params.seed"], keep="last")
     if dataset:
         df = df[df["dataset"] == dataset]
     if backbone:
         df = df[df["params.backbone"] == backbone]
+    # a random-init encoder trains nothing: its rows join every budget's table of the same
+    # dataset and protocol (the floor of each table)
+    is_rand = df["params.method"] == RANDOM_INIT
+    rand = df[is_rand].copy()
+    df = df[~is_rand]
     if budget:
         df = df[df["budget"] == budget]
+    groups = {key for key in df.groupby(["dataset", "budget", "protocol"]).groups}
+    for key in rand.groupby(["dataset", "protocol"]).groups:
+        if not any((g[0], g[2]) == key for g in groups):
+            groups.add((key[0], "any", key[1]))
+    extra = []
+    for ds_, bud, proto in groups:
+        r = rand[(rand["dataset"] == ds_) & (rand["protocol"] == proto)].copy()
+        r["budget"] = bud
+        extra.append(r)
+    df = pd.concat([df, *extra], ignore_index=True) if extra else df
+    # the same (method, backbone, dataset, budget, protocol, seed) logged twice: keep the newest run
+    if "start_time" in df:
+        df = df.sort_values("start_time")
+    df = df.drop_duplicates(["params.method", "params.backbone", "dataset", "budget", "protocol", "params.seed"], keep="last")
     tables = []
     for (ds, bud, proto), g in df.groupby(["dataset", "budget", "protocol"], sort=True):
         rows = []

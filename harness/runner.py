@@ -69,8 +69,11 @@ def evaluate_encoder(encoder: torch.nn.Module, ds: ImageDataset, cfg: RunConfig,
 
 
 def _log_eval(run: tracking.TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None:
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.startswith("eval/")}
-    knobs = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+    def is_knob(k: str, v) -> bool:
+        return k.startswith("eval/") and not k.startswith("eval/time/") or not isinstance(v, (int, float))
+
+    scalars = {k: float(v) for k, v in metrics.items() if not is_knob(k, v)}
+    knobs = {k: v for k, v in metrics.items() if is_knob(k, v)}
     run.log_metrics(scalars)
     run.log_params(knobs)
     run.log_dict({"metrics": scalars, "protocol": {**knobs, **eval_params(cfg)}}, "eval_report.json")

@@ -198,11 +198,14 @@ class TrackedRun:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+        self.ended = status
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if getattr(self, "ended", None):
+            return False
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):

@@ -19,7 +19,7 @@ def test_defaults_and_overrides():
     ("seed=1.5", "expected int"),
     ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
     ("optim=3", "is a section"),
-    ("eval.protocols=[knn, nope]", "valid choices: knn, linear, align_uniform"),
+    ("eval.protocols=[knn, nope]", "valid choices: knn, linear, align_uniform, linear_lbfgs"),
 ])
 def test_bad_values_name_the_key(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):

@@ -1,0 +1,74 @@
+"""The CI performance gate (``sslbench check``).
+
+Runs a small suite (``harness/configs/suites/ci.yaml``: a few methods, a fixed STEPS budget so
+the result does not depend on machine load, CIFAR-10 where working and broken methods
+separate) and compares each method's metric with a committed baseline
+(``results/ci/baseline.csv``: mean and standard deviation over >= 3 seeds). A method fails
+when its value falls below ``mean - band`` with ``band = max(k * std, min_band)``: the band is
+derived from seed-to-seed variance. Exit status 0 = pass, 1 = fail (the failing methods are
+named).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import SSLBenchError
+
+BASELINE = Path("results/ci/baseline.csv")
+
+
+@dataclass
+class Verdict:
+    method: str
+    metric: str
+    value: float
+    mean: float
+    std: float
+    n: int
+    band: float
+    ok: bool
+
+
+def make_baseline(values: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """values: rows (method, seed, metric) -> one row per method: mean, std (ddof=1), n."""
+    g = values.groupby("method")[metric]
+    return pd.DataFrame({"method": g.mean().index, "metric": metric, "mean": g.mean().values,
+                         "std": g.std(ddof=1).fillna(0).values, "n": g.count().values})
+
+
+def load_baseline(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise SSLBenchError(f"no CI baseline at {path}; create it with 'sslbench check --update-baseline --seeds 0,1,2'")
+    df = pd.read_csv(path)
+    if not {"method", "metric", "mean", "std", "n"} <= set(df.columns):
+        raise SSLBenchError(f"{path}: not a CI baseline (needs columns method, metric, mean, std, n)")
+    return df
+
+
+def judge(current: pd.DataFrame, baseline: pd.DataFrame, k: float = 3.0, min_band: float = 1.0) -> list[Verdict]:
+    out = []
+    for _, b in baseline.iterrows():
+        cur = current[current["method"] == b["method"]]
+        metric = b["metric"]
+        if cur.empty or metric not in cur:
+            out.append(Verdict(b["method"], metric, float("nan"), b["mean"], b["std"], int(b["n"]), float("nan"), False))
+            continue
+        value = float(cur[metric].mean())
+        band = max(k * float(b["std"]), min_band)
+        out.append(Verdict(b["method"], metric, value, float(b["mean"]), float(b["std"]), int(b["n"]), band,
+                           bool(np.isfinite(value) and value >= b["mean"] - band)))
+    return out
+
+
+def table(verdicts: list[Verdict]) -> str:
+    hdr = ["method", "metric", "value", "baseline mean ± std (n)", "floor", "result"]
+    rows = [[v.method, v.metric, f"{v.value:.2f}", f"{v.mean:.2f} ± {v.std:.2f} ({v.n})", f"{v.mean - v.band:.2f}",
+             "ok" if v.ok else ("MISSING" if not np.isfinite(v.value) else "FAIL")] for v in verdicts]
+    w = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(hdr)]
+    lines = ["  ".join(h.ljust(x) for h, x in zip(hdr, w)), "  ".join("-" * x for x in w)]
+    return "\n".join(lines + ["  ".join(c.ljust(x) for c, x in zip(r, w)) for r in rows])

@@ -1,0 +1,91 @@
+import numpy as np
+import torch
+
+from evals.linear import (
+    Standardizer,
+    head_module,
+    label_fraction_subset,
+    lbfgs_probe,
+    linear_probe,
+    select_hparams,
+    stratified_split,
+    train_heads,
+)
+
+
+def clusters(n, c=5, d=32, noise=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(c, d, generator=torch.Generator().manual_seed(123)) * 0.6
+    y = torch.randint(0, c, (n,), generator=g)
+    x = centres[y] + noise * torch.randn(n, d, generator=g)
+    return x * torch.linspace(0.2, 3.0, d) + 1.0, y  # uneven scales and offsets: the BN must handle them
+
+
+def test_separable_features_are_solved():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (800,), generator=g)
+    x = torch.randn(800, 16, generator=g) * 0.1
+    x[torch.arange(800), y] += 3.0  # linearly separable
+    m = linear_probe(x[:600], y[:600], x[600:], y[600:], 4, epochs=10)
+    assert m["linear/top1"] >= 99.5 and m["linear/top5"] == 100.0
+    assert lbfgs_probe(x[:600], y[:600], x[600:], y[600:], 4)["linear_lbfgs/top1"] >= 99.5
+
+
+def test_close_to_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr = clusters(3000, seed=1)
+    xte, yte = clusters(2000, seed=2)
+    sc = StandardScaler().fit(xtr.numpy())
+    sk = LogisticRegression(max_iter=500).fit(sc.transform(xtr.numpy()), ytr.numpy())
+    ref = 100.0 * np.mean(sk.predict(sc.transform(xte.numpy())) == yte.numpy())
+    assert 50 < ref < 95  # the task is neither trivial nor hopeless
+    ours = linear_probe(xtr, ytr, xte, yte, 5, epochs=20)["linear/top1"]
+    lb = lbfgs_probe(xtr, ytr, xte, yte, 5)["linear_lbfgs/top1"]
+    assert ours >= ref - 1.0, (ours, ref)
+    assert lb >= ref - 1.0, (lb, ref)
+
+
+def test_selection_never_sees_test_labels():
+    xtr, ytr = clusters(1500, seed=3)
+    xte, yte = clusters(500, seed=4)
+    kw = dict(num_classes=5, epochs=5, lrs=(0.01, 0.3), wds=(0.0, 1e-2))
+    a = linear_probe(xtr, ytr, xte, yte, **kw)
+    garbage = torch.randint(0, 5, (500,), generator=torch.Generator().manual_seed(9))
+    b = linear_probe(xtr, ytr, xte, garbage, **kw)
+    c = linear_probe(xtr, ytr, xte, yte.flip(0), **kw)
+    assert (a["linear/lr"], a["linear/wd"]) == (b["linear/lr"], b["linear/wd"]) == (c["linear/lr"], c["linear/wd"])
+    assert a["linear/top1"] != b["linear/top1"]  # the test labels do matter for the reported score
+    # the selection function's signature takes training data only
+    lr, wd, scores = select_hparams(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5)
+    assert (lr, wd) == (a["linear/lr"], a["linear/wd"]) and len(scores) == 4
+    lb1 = lbfgs_probe(xtr, ytr, xte, yte, 5, max_iter=30)
+    lb2 = lbfgs_probe(xtr, ytr, xte, garbage, 5, max_iter=30)
+    assert lb1["linear_lbfgs/wd"] == lb2["linear_lbfgs/wd"]
+
+
+def test_splits_are_stratified_and_seeded():
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate((1000, 300, 50, 7))])
+    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    keep, held = stratified_split(y, 0.1, seed=0)
+    assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == len(y)
+    assert torch.bincount(y[held]).tolist() == [100, 30, 5, 1]
+    for frac, want in ((0.01, [10, 3, 1, 1]), (0.1, [100, 30, 5, 1])):
+        sub = label_fraction_subset(y, frac, seed=1)
+        assert torch.bincount(y[sub], minlength=4).tolist() == want
+        assert torch.equal(sub, label_fraction_subset(y, frac, seed=1))
+        assert not torch.equal(sub, label_fraction_subset(y, frac, seed=2))
+    assert len(label_fraction_subset(y, 1.0)) == len(y)
+
+
+def test_label_fraction_probe_and_head_module():
+    xtr, ytr = clusters(2000, seed=5)
+    xte, yte = clusters(400, seed=6)
+    m = linear_probe(xtr, ytr, xte, yte, 5, epochs=5, label_fraction=0.1, prefix="linear@10%")
+    assert set(m) == {"linear@10%/top1", "linear@10%/top5", "linear@10%/lr", "linear@10%/wd"}
+    std = Standardizer.fit(xtr)
+    w, b = train_heads(std(xtr), ytr, 5, [0.1], [0.0], epochs=3, precision="fp32")
+    head = head_module(std, w[:, 0], b[0])
+    assert isinstance(head[0], torch.nn.BatchNorm1d) and not head[0].affine
+    torch.testing.assert_close(head(xte), std(xte) @ w[:, 0] + b[0], atol=1e-4, rtol=1e-4)

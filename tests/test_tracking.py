@@ -1,0 +1,67 @@
+import math
+
+import pandas as pd
+import pytest
+
+from harness import leaderboard as lb
+from harness import tracking
+
+
+def test_runs_roundtrip_and_leaderboard(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    accs = {"a": [50.0, 52.0, 51.0], "b": [40.0, 41.0, 39.0]}
+    for method, vals in accs.items():
+        for seed, v in enumerate(vals):
+            with tracking.TrackedRun("exp", f"{method}-s{seed}", uri,
+                                     params={"method": method, "backbone": "cnn4", "data.name": "d", "budget.kind": "steps",
+                                             "budget.value": 10, "seed": seed, "eval.knn_k": [20]}) as run:
+                run.log_metrics({"knn/top1@20": v, "align": 0.5})
+    with tracking.TrackedRun("exp", "failed", uri, params={"method": "c"}) as run:
+        run.end("FAILED")
+    runs = tracking.fetch_runs(["exp"], uri=uri)
+    assert len(runs) == 6 and "metrics.knn/top1@20" in runs
+    tables = lb.build(runs)
+    assert len(tables) == 1
+    f = tables[0].frame
+    assert list(f["method"]) == ["a", "b"]  # sorted by kNN@20
+    mean, half, n = lb.ci95(accs["a"])
+    assert n == 3 and mean == pytest.approx(51.0)
+    # t(0.975, 2) = 4.3027; std = 1
+    assert half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert f.loc[0, "knn/top1@20/ci"] == pytest.approx(half)
+    text = lb.plain(tables[0])
+    assert "51.0 ± 2.5 (n=3)" in text
+    paths = lb.write(tables, tmp_path / "out", "leaderboard", command="sslbench test")
+    assert all(p.exists() for p in paths)
+    assert "51.0 ± 2.5 (n=3)" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_budgets_and_datasets_never_share_a_table():
+    rows = []
+    for budget in (10, 20):
+        for ds in ("x", "y"):
+            rows.append({"params.method": "m", "params.backbone": "b", "params.data.name": ds, "params.budget.kind": "steps",
+                         "params.budget.value": str(budget), "params.seed": "0", "metrics.knn/top1@20": 1.0})
+    assert len(lb.build(pd.DataFrame(rows))) == 4
+
+
+def test_single_seed_is_marked():
+    assert lb._cell(50.0, float("nan"), 1, "knn/top1@20") == "50.0 (n=1)"
+
+
+def test_unreachable_server_is_one_line_error():
+    from harness.errors import SSLBenchError
+
+    with pytest.raises(SSLBenchError, match="unreachable"):
+        tracking.check_reachable("http://127.0.0.1:9", timeout=2)
+
+
+def test_default_store_is_sqlite_under_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.tracking_uri(None)
+    assert uri == f"sqlite:///{tmp_path}/results/mlflow.db"
+    assert tracking.artifact_root(uri) == (tmp_path / "results" / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert tracking.tracking_uri(None) == "sqlite:///elsewhere.db"
+    assert tracking.tracking_uri("http://x") == "http://x"
