@@ -1,0 +1,130 @@
+"""Feature extraction (batched, ``inference_mode``, bf16 autocast) and an on-disk feature cache.
+
+Features are extracted once per (weights, dataset, split, transform, feature kind, precision)
+and stored as float32 ``.npy`` files, so kNN, the linear probe and alignment/uniformity all
+read the same arrays and a re-evaluation of an unchanged checkpoint costs no forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.backbones import is_convnet
+from harness.data import ImageDataset
+from harness.trainer import resolve_precision
+from harness.views import normalize
+
+PROGRESS_MIN_BATCHES = 8  # a bar only when extraction is long enough to be worth watching
+
+
+def extract_features(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, batch_size: int = 512,
+                     device: str | torch.device = "cpu", precision: str = "auto", progress: bool = True,
+                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     desc: str = "features") -> torch.Tensor:
+    """Encode uint8 images (N, C, H, W) into float32 features (N, D) on the CPU.
+
+    Each batch is moved to ``device``, normalised with ``harness.views.normalize`` (or mapped by
+    ``transform(batch_uint8_on_device) -> float images`` when given, e.g. a seeded augmentation),
+    and encoded under ``torch.inference_mode()`` with the encoder in eval mode (restored after).
+    ``precision="auto"`` uses bf16 autocast where the device supports it; convnets run
+    channels_last. A tqdm bar goes to stderr for long extractions unless ``progress=False``.
+    """
+    device = torch.device(device)
+    prec = resolve_precision(precision, device)
+    was_training = encoder.training
+    encoder.eval()
+    fmt = torch.channels_last if is_convnet(encoder) else torch.contiguous_format
+    n = len(x_uint8)
+    starts = range(0, n, batch_size)
+    if progress and len(starts) >= PROGRESS_MIN_BATCHES:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False)
+    out: list[torch.Tensor] = []
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
+            for i in starts:
+                xb = x_uint8[i:i + batch_size].to(device, non_blocking=True)
+                xb = transform(xb) if transform is not None else normalize(xb, mean, std)
+                f = encoder(xb.contiguous(memory_format=fmt))
+                out.append(f.float().flatten(1).cpu())
+    finally:
+        encoder.train(was_training)
+    if not out:
+        return torch.empty(0, 0)
+    return torch.cat(out)
+
+
+def weights_hash(module: nn.Module) -> str:
+    """sha256 over the state_dict (names, dtypes, shapes, bytes): the cache's checkpoint key."""
+    h = hashlib.sha256()
+    for name, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(v.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Float32 ``.npy`` features under ``root/<weights>/<dataset>/<split>-<transform>-<kind>-<precision>.npy``.
+
+    Writes are atomic (a temporary file in the same folder, then ``os.replace``), so a crash or
+    two concurrent evaluations never leave a half-written array behind.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+
+    def path(self, weights: str, dataset: str, split: str, transform: str, kind: str, precision: str) -> Path:
+        return self.root / weights[:24] / dataset / f"{split}-{transform}-{kind}-{precision}.npy"
+
+    def load(self, path: Path) -> np.ndarray | None:
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None  # absent or corrupt: recompute
+
+    def save(self, path: Path, arr: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def cached_features(encoder: nn.Module, dataset: ImageDataset, split: str, cache: FeatureCache | None = None,
+                    transform: str = "eval", kind: str = "backbone", batch_size: int = 512,
+                    device: str | torch.device = "cpu", precision: str = "auto", progress: bool = True) -> torch.Tensor:
+    """Features of ``dataset``'s ``split`` (eval transform: normalisation only), from ``cache`` when present.
+
+    The key is (sha256 of the encoder's weights, ``dataset.fingerprint()``, split, transform,
+    feature kind, resolved precision); changing any of them recomputes.
+    """
+    if transform != "eval":
+        raise ValueError(f"cached_features supports transform='eval' only, got '{transform}'")
+    x, _ = dataset.split(split)
+    prec = resolve_precision(precision, torch.device(device))
+    path = None
+    if cache is not None:
+        path = cache.path(weights_hash(encoder), dataset.fingerprint(), split, transform, kind, prec)
+        arr = cache.load(path)
+        if arr is not None and arr.shape[0] == len(x):
+            return torch.from_numpy(arr)
+    feats = extract_features(encoder, x, dataset.mean, dataset.std, batch_size, device, prec, progress,
+                             desc=f"{split} features")
+    if path is not None:
+        cache.save(path, feats.numpy())
+    return feats

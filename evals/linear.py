@@ -1,0 +1,270 @@
+"""Linear probes on frozen, cached features.
+
+Protocol (Zhang et al. 2016 "Colorful Image Colorization"; He et al. 2022, MAE, App. A.2):
+a ``BatchNorm1d(affine=False)`` followed by a ``Linear`` layer, trained with softmax cross-entropy
+``L = mean_i -log softmax(W z_i + b)_{y_i} + wd/2 ||W||^2`` by SGD (momentum 0.9) under a
+cosine schedule ``lr_t = lr * (1 + cos(pi t / T)) / 2``. On cached features the BatchNorm
+uses the full TRAIN statistics, ``z = (x - mean) / sqrt(var + 1e-5)`` (the eval-mode BN of a
+full-batch pass), so it is computed once.
+
+Model selection never touches the test split: :func:`select_hparams` receives TRAIN features
+and labels only; it holds out a stratified, seeded fraction of them, trains one head per
+(lr, wd) of the grid (all heads at once, as one wide matrix), and keeps the best on the
+hold-out. :func:`linear_probe` then refits on all of TRAIN and reports test top-1 / top-5.
+
+A second protocol, :func:`lbfgs_probe`, is multinomial logistic regression trained to
+convergence with L-BFGS (full batch), the protocol of Chen et al. 2020 (SimCLR, App. B.5)
+and of scikit-learn's ``LogisticRegression``; its L2 strength is selected the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.trainer import resolve_precision
+
+LR_GRID = (0.01, 0.03, 0.1, 0.3)
+WD_GRID = (0.0, 1e-3)  # linear probes usually need little decay (MAE, DINO use 0)
+LBFGS_WD_GRID = (1e-5, 1e-4, 1e-3)
+BN_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded stratified split of indices: (keep, held_out), ``round(fraction * n_c)`` per class c
+    held out (at least one of every class with two or more samples)."""
+    labels = torch.as_tensor(labels).long()
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    order = perm[torch.sort(labels[perm], stable=True).indices]  # grouped by class, random within a class
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    ys = labels[order]
+    rank = torch.arange(len(labels)) - starts[ys]  # position of each sample within its class
+    m = torch.where(counts > 1, (fraction * counts.double()).round().long().clamp(1), torch.zeros_like(counts))
+    m = torch.minimum(m, (counts - 1).clamp_min(0))
+    held = rank < m[ys]
+    return torch.sort(order[~held]).values, torch.sort(order[held]).values
+
+
+def label_fraction_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Seeded stratified subset with ``round(fraction * n_c)`` (>= 1) samples of each class c
+    (the 1% / 10% semi-supervised protocol of Chen et al. 2020, SimCLR)."""
+    if fraction >= 1.0:
+        return torch.arange(len(labels))
+    return stratified_split(labels, fraction, seed)[1] if fraction > 0 else torch.arange(0)
+
+
+# ----------------------------------------------------------------------------- SGD heads
+
+
+@dataclass
+class Standardizer:
+    """BatchNorm1d(affine=False) with full-batch TRAIN statistics."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> "Standardizer":
+        var, mean = torch.var_mean(x.float(), dim=0, correction=0)
+        return cls(mean, (var + BN_EPS).sqrt())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+
+@contextmanager
+def _threads(n: int):
+    """Temporarily cap torch's intra-op threads (the probe's ops are tiny: fork/join would dominate)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(n, old))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequence[float], wds: Sequence[float],
+                epochs: int = 30, batch_size: int = 1024, momentum: float = 0.9, seed: int = 0,
+                precision: str = "auto", threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train ``len(lrs)`` independent softmax heads at once by mini-batch SGD with a cosine schedule.
+
+    Head h has learning rate ``lrs[h]`` and weight decay ``wds[h]``; all share the batches (one
+    (D, H*C) matrix). The rows are shuffled once (seeded) and every epoch visits the batches in a
+    new random order: on a memory-bound CPU a per-epoch row shuffle would double the traffic. The gradient of the mean cross-entropy is analytic,
+    ``dL/dW = z^T (softmax(zW + b) - onehot(y)) / B + wd W``, so no autograd graph is built.
+    With ``precision="auto"`` the two matmuls run in bf16 where the CPU has bf16 units (AMX /
+    AVX512-BF16); weights, softmax and updates stay float32. Returns ``W`` (D, H, C), ``b`` (H, C).
+    """
+    n, d = z.shape
+    h, c = len(lrs), num_classes
+    dt = torch.bfloat16 if resolve_precision(precision, torch.device("cpu")) == "bf16" else torch.float32
+    z = z.to(dt).contiguous()
+    w = torch.zeros(d, h * c)
+    b = torch.zeros(h * c)
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    lr = torch.tensor(lrs, dtype=torch.float32).repeat_interleave(c)
+    wd = torch.tensor(wds, dtype=torch.float32).repeat_interleave(c)
+    offs = torch.arange(h) * c
+    g = torch.Generator().manual_seed(seed)
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total, step = epochs * per_epoch, 0
+    perm = torch.randperm(n, generator=g)
+    z, y = z.index_select(0, perm), y[perm]  # shuffled once; each epoch visits the batches in a new order
+    with _threads(threads):
+        for _ in range(epochs):
+            for s in torch.randperm(per_epoch, generator=g).tolist():
+                x, yy = z[s * batch_size:(s + 1) * batch_size], y[s * batch_size:(s + 1) * batch_size]
+                m = len(x)
+                logit = (x @ w.to(dt)).float().add_(b).view(m, h, c)
+                p = (logit - logit.amax(-1, keepdim=True)).exp_()  # softmax per head (faster than
+                p = p.div_(p.sum(-1, keepdim=True)).view(m, h * c)  # .softmax(-1) on a size-C dim)
+                p[torch.arange(m)[:, None], yy[:, None] + offs] -= 1.0
+                p /= m
+                f = 0.5 * (1 + math.cos(math.pi * step / total)) * lr
+                vw.mul_(momentum).add_(torch.mm(p.to(dt).T, x).float().T).add_(w * wd)
+                vb.mul_(momentum).add_(p.sum(0))
+                w.sub_(vw * f)
+                b.sub_(vb * f)
+                step += 1
+    return w.view(d, h, c), b.view(h, c)
+
+
+def _logits(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, H, C) logits of every head."""
+    d, h, c = w.shape
+    return torch.addmm(b.reshape(-1), z, w.reshape(d, h * c)).view(len(z), h, c)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[float]:
+    """Percent of rows whose label is among the top-k logits (k capped at the number of classes)."""
+    top = logits.topk(min(max(ks), logits.shape[-1]), dim=-1).indices
+    hit = top == labels[:, None]
+    return [100.0 * hit[:, :k].any(dim=1).double().mean().item() for k in ks]
+
+
+def select_hparams(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                   lrs: Sequence[float] = LR_GRID, wds: Sequence[float] = WD_GRID, holdout_fraction: float = 0.1,
+                   epochs: int = 30, batch_size: int = 1024, seed: int = 0,
+                   precision: str = "auto") -> tuple[float, float, dict[tuple[float, float], float]]:
+    """Choose (lr, wd) on a stratified, seeded hold-out of the TRAIN split; returns (lr, wd, hold-out top-1 per pair).
+
+    Receives training data only, by construction. Ties go to the earlier grid entry.
+    """
+    with _threads(1):  # small, memory-bound ops: one thread is as fast and immune to busy cores
+        y = torch.as_tensor(train_labels).long()
+        keep, held = stratified_split(y, holdout_fraction, seed)
+        std = Standardizer.fit(train_features[keep])
+        grid = [(lr, wd) for lr in lrs for wd in wds]
+        w, b = train_heads(std(train_features[keep]), y[keep], num_classes, [p[0] for p in grid], [p[1] for p in grid],
+                           epochs, batch_size, seed=seed, precision=precision)
+        acc = (_logits(std(train_features[held]), w, b).argmax(-1) == y[held][:, None]).double().mean(0) * 100
+        scores = {p: float(a) for p, a in zip(grid, acc)}
+        best = max(range(len(grid)), key=lambda i: (acc[i].item(), -i))
+        return grid[best][0], grid[best][1], scores
+
+
+def head_module(std: Standardizer, w: torch.Tensor, b: torch.Tensor) -> nn.Sequential:
+    """The fitted probe as ``BatchNorm1d(affine=False) + Linear`` (BN in eval mode holds the TRAIN stats)."""
+    d, c = w.shape
+    bn = nn.BatchNorm1d(d, affine=False, eps=BN_EPS)
+    bn.running_mean.copy_(std.mean)
+    bn.running_var.copy_(std.std ** 2 - BN_EPS)
+    lin = nn.Linear(d, c)
+    with torch.no_grad():
+        lin.weight.copy_(w.T)
+        lin.bias.copy_(b)
+    return nn.Sequential(bn, lin).eval()
+
+
+def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, num_classes: int | None = None, epochs: int = 30,
+                 holdout_fraction: float = 0.1, lrs: Sequence[float] = LR_GRID, wds: Sequence[float] = WD_GRID,
+                 batch_size: int = 1024, label_fraction: float = 1.0, seed: int = 0,
+                 precision: str = "auto", prefix: str = "linear") -> dict[str, float]:
+    """Select (lr, wd) on TRAIN (:func:`select_hparams`), refit on all of TRAIN, report test accuracy.
+
+    Returns ``{prefix}/top1``, ``{prefix}/top5`` (percent), ``{prefix}/lr``, ``{prefix}/wd``.
+    ``label_fraction < 1`` first restricts TRAIN to a stratified seeded subset (1%, 10% protocols).
+    """
+    with _threads(1):
+        y = torch.as_tensor(train_labels).long()
+        yt = torch.as_tensor(test_labels).long()
+        c = int(num_classes or int(y.max()) + 1)
+        x = train_features.float()
+        if label_fraction < 1:
+            sub = label_fraction_subset(y, label_fraction, seed)
+            x, y = x[sub], y[sub]
+        lr, wd, _ = select_hparams(x, y, c, lrs, wds, holdout_fraction, epochs, batch_size, seed, precision)
+        std = Standardizer.fit(x)
+        w, b = train_heads(std(x), y, c, [lr], [wd], epochs, batch_size, seed=seed + 1, precision=precision)
+        top1, top5 = topk_accuracy(_logits(std(test_features), w, b)[:, 0], yt)
+        return {f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/lr": lr, f"{prefix}/wd": wd}
+
+
+# ----------------------------------------------------------------------------- L-BFGS
+
+
+def fit_lbfgs(z: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float, max_iter: int = 100,
+              tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression, ``min mean_i CE(W z_i + b, y_i) + wd/2 ||W||^2``, full-batch L-BFGS
+    (strong-Wolfe line search). Returns ``W`` (D, C), ``b`` (C)."""
+    w = torch.zeros(z.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=tol,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(torch.addmm(b, z, w), y) + 0.5 * wd * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad(), _threads(1 if z.numel() < (1 << 22) else torch.get_num_threads()):
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def lbfgs_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                test_labels: torch.Tensor, num_classes: int | None = None, wds: Sequence[float] = LBFGS_WD_GRID,
+                holdout_fraction: float = 0.1, max_iter: int = 100, label_fraction: float = 1.0, seed: int = 0,
+                prefix: str = "linear_lbfgs") -> dict[str, float]:
+    """L-BFGS logistic regression on standardised features; wd chosen on a TRAIN hold-out.
+
+    Returns ``{prefix}/top1``, ``{prefix}/top5``, ``{prefix}/wd``.
+    """
+    y = torch.as_tensor(train_labels).long()
+    yt = torch.as_tensor(test_labels).long()
+    c = int(num_classes or int(y.max()) + 1)
+    sub = label_fraction_subset(y, label_fraction, seed)
+    x, y = train_features[sub].float(), y[sub]
+    wd = select_lbfgs_wd(x, y, c, wds, holdout_fraction, max_iter, seed)
+    std = Standardizer.fit(x)
+    w, b = fit_lbfgs(std(x), y, c, wd, max_iter)
+    top1, top5 = topk_accuracy(torch.addmm(b, std(test_features), w), yt)
+    return {f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/wd": wd}
+
+
+def select_lbfgs_wd(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                    wds: Sequence[float] = LBFGS_WD_GRID, holdout_fraction: float = 0.1, max_iter: int = 100,
+                    seed: int = 0) -> float:
+    """The L2 strength with the best hold-out top-1 (TRAIN data only; ties to the earlier entry)."""
+    y = torch.as_tensor(train_labels).long()
+    keep, held = stratified_split(y, holdout_fraction, seed)
+    std = Standardizer.fit(train_features[keep])
+    zk, zh = std(train_features[keep]), std(train_features[held])
+    accs = []
+    for wd in wds:
+        w, b = fit_lbfgs(zk, y[keep], num_classes, wd, max_iter)
+        accs.append((torch.addmm(b, zh, w).argmax(1) == y[held]).double().mean().item())
+    return wds[max(range(len(wds)), key=lambda i: (accs[i], -i))]
