@@ -48,7 +48,7 @@ def extract_features(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, batch
     if progress and len(starts) >= PROGRESS_MIN_BATCHES:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False)
+        starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False, mininterval=1.0)
     out: list[torch.Tensor] = []
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):

@@ -39,6 +39,7 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
     pairs for ``align`` and all their distinct pairs for ``uniform``.
     """
     cfg = cfg or EvalConfig()
+    label_fractions = tuple(label_fractions) or tuple(cfg.label_fractions)
     unknown = [p for p in cfg.protocols if p not in PROTOCOLS + EXTRA_PROTOCOLS]
     if unknown:
         raise ConfigError(f"unknown eval protocol(s) {unknown}; valid choices: {', '.join(PROTOCOLS + EXTRA_PROTOCOLS)}")
@@ -67,9 +68,11 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
     c = dataset.num_classes
     if "knn" in cfg.protocols:
         out.update({"eval/knn_k": ",".join(map(str, cfg.knn_k)), "eval/knn_temperature": cfg.knn_temperature,
-                    "eval/knn_metric": "cosine", "eval/knn_backend": resolve_backend("auto", "flat", device)})
+                    "eval/knn_metric": "cosine", "eval/knn_index": cfg.knn_index,
+                    "eval/knn_backend": resolve_backend(cfg.knn_backend, cfg.knn_index, device)})
         timed("knn", lambda: knn_eval(features("train"), dataset.y_train, features("test"), dataset.y_test,
-                                      cfg.knn_k, cfg.knn_temperature, c, device=device))
+                                      cfg.knn_k, cfg.knn_temperature, c, backend=cfg.knn_backend, index=cfg.knn_index,
+                                      device=device))
     if "linear" in cfg.protocols:
         out.update({"eval/linear_epochs": cfg.linear_epochs, "eval/holdout_fraction": cfg.holdout_fraction,
                     "eval/linear_lr_grid": ",".join(map(str, LR_GRID)), "eval/linear_wd_grid": ",".join(map(str, WD_GRID))})
@@ -82,6 +85,18 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
         out["eval/linear_lbfgs_wd_grid"] = ",".join(map(str, LBFGS_WD_GRID))
         timed("linear_lbfgs", lambda: lbfgs_probe(features("train"), dataset.y_train, features("test"), dataset.y_test,
                                                   c, holdout_fraction=cfg.holdout_fraction, seed=seed))
+    if "finetune" in cfg.protocols:
+        from evals.finetune import CONVNET_LRS, VIT_LRS, finetune_eval
+        from harness.backbones import is_vit
+
+        out.update({"eval/finetune_steps": cfg.finetune_steps, "eval/finetune_batch_size": cfg.finetune_batch_size,
+                    "eval/finetune_lr_grid": ",".join(map(str, VIT_LRS if is_vit(encoder) else CONVNET_LRS))})
+        for frac in [1.0, *label_fractions]:
+            prefix = "finetune" if frac >= 1 else f"finetune@{frac * 100:g}%"
+            timed(prefix, lambda frac=frac, prefix=prefix: finetune_eval(
+                encoder, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, c, dataset.mean, dataset.std,
+                steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, holdout_fraction=cfg.holdout_fraction,
+                label_fraction=frac, seed=seed, device=device, precision=prec, progress=progress, prefix=prefix))
     if "align_uniform" in cfg.protocols:
         out.update({"eval/au_pairs": cfg.au_pairs, "eval/au_alpha": 2.0, "eval/au_t": 2.0})
         timed("align_uniform", lambda: align_uniform_eval(

@@ -111,7 +111,8 @@ def _leaderboard(experiment: str | None, uri: str | None, out: str, dataset=None
         print(lb.plain(t))
     stem = "leaderboard"
     out_dir = Path(out) / (experiment or "all")
-    paths = lb.write(tables, out_dir, stem, command=command)
+    paths = lb.write(tables, out_dir, stem, command=command, title=experiment or "all experiments",
+                     meta=lb.provenance(runs))
     from harness.compare import runs_frame
 
     runs_frame(runs).to_csv(out_dir / "runs.csv", index=False)  # per-run rows, for 'sslbench compare'
@@ -171,7 +172,9 @@ def cmd_check(args) -> int:
         print(base.to_string(index=False))
         print(f"baseline written: {baseline_path}")
         return 0
-    verdicts = check.judge(current, check.load_baseline(baseline_path), k=args.k, min_band=args.min_band)
+    baseline = check.load_baseline(baseline_path)
+    baseline = baseline[baseline["method"].isin(suite["methods"])]
+    verdicts = check.judge(current, baseline, k=args.k, min_band=args.min_band)
     print(check.table(verdicts))
     failed = [v.method for v in verdicts if not v.ok]
     if failed:
@@ -205,15 +208,8 @@ def cmd_ui(args) -> int:
 
     from harness import tracking
 
-    import signal
-
     uri = tracking.tracking_uri(args.tracking_uri)
     tracking.client(uri)  # creates the store's schema (and checks a server URI) before the UI opens it
-
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
     proc = tracking.start_ui(uri, "127.0.0.1", args.port)
     url = f"http://127.0.0.1:{args.port}"
     deadline = time.time() + args.start_timeout
@@ -341,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
+    import signal
+
+    def _terminate(signum, frame):  # SIGTERM (a scheduler, `kill`): mark runs KILLED, keep the last checkpoint
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.fn(args)
     except SSLBenchError as e:

@@ -75,11 +75,16 @@ class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["knn", "linear", "align_uniform"])
     knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
     knn_temperature: float = positive(0.07)
+    knn_backend: str = choices("auto", "torch", "faiss", default="auto")  # auto: FAISS on GPU, exact torch GEMM on CPU
+    knn_index: str = choices("flat", "ivf", "hnsw", default="flat")       # ivf/hnsw: approximate, for >= 1M features
+    label_fractions: list[float] = field(default_factory=list)            # extra linear probes on e.g. [0.01, 0.1] of train
     batch_size: int = positive(512)
     linear_epochs: int = positive(30)
     features: str = choices("backbone", "projector", default="backbone")
     holdout_fraction: float = field(default=0.1, metadata={"min": 0, "max": 1, "strict": True})
     au_pairs: int = positive(4096)
+    finetune_steps: int = positive(300)  # fine-tuning budget (steps of finetune_batch_size), per grid point
+    finetune_batch_size: int = positive(256)
 
 
 @dataclass
@@ -104,7 +109,7 @@ class RunConfig:
     method_cfg: dict[str, Any] = field(default_factory=dict)  # the method's own Config keys
 
 
-PROTOCOLS = ("knn", "linear", "align_uniform", "linear_lbfgs")
+PROTOCOLS = ("knn", "linear", "align_uniform", "linear_lbfgs", "finetune")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -18,7 +18,6 @@ how to get it.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import struct

@@ -157,18 +157,38 @@ def flat_csv(t: Table) -> pd.DataFrame:
     return f
 
 
-def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = "") -> list[Path]:
+def provenance(runs: pd.DataFrame) -> str:
+    """Where the numbers come from: devices, torch versions and git commits of the runs."""
+    parts = []
+    for col, name in (("tags.device.name", "device"), ("tags.host.cpu_count", "CPU cores"),
+                      ("tags.torch.version", "torch"), ("tags.git.commit", "commit")):
+        if col in runs:
+            vals = sorted({str(v)[:12] if name == "commit" else str(v) for v in runs[col].dropna()})
+            if vals:
+                parts.append(f"{name}: {', '.join(vals)}")
+    text = "; ".join(parts)
+    if "tags.command" in runs:
+        cmds = sorted({str(c) for c in runs["tags.command"].dropna() if str(c).strip()})
+        if cmds:
+            text += "\n\nRuns produced by:\n\n" + "\n".join(f"- `{c}`" for c in cmds)
+    return text
+
+
+def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = "", title: str = "",
+          meta: str = "") -> list[Path]:
     """Write Markdown, CSV and HTML (and PNG plots) under ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# Leaderboard: {stem}", ""]
+    md = [f"# Leaderboard: {title or stem}", ""]
     if command:
         md += [f"Produced by: `{command}`", ""]
+    if meta:
+        md += [f"Measured with {meta}", ""]
     md += ["\n\n".join(markdown(t) for t in tables)]
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.html"]
     paths[0].write_text("\n".join(md) + "\n")
     pd.concat([flat_csv(t) for t in tables], ignore_index=True).to_csv(paths[1], index=False)
-    html = [f"<h1>Leaderboard: {stem}</h1>"] + ([f"<p>Produced by: <code>{command}</code></p>"] if command else [])
+    html = [f"<h1>Leaderboard: {title or stem}</h1>"] + ([f"<p>Produced by: <code>{command}</code></p>"] if command else [])
     for t in tables:
         headers, rows = to_rows(t)
         html.append(f"<h2>{t.dataset} · {t.budget} · protocol {t.protocol}</h2>")
@@ -194,20 +214,24 @@ def plot(tables: list[Table], out: Path, stem: str) -> list[Path]:
         for metric, name, off in (("knn/top1@20", "kNN@20", -0.2), ("linear/top1", "linear", 0.2)):
             if f[f"{metric}/n"].max() > 0:
                 y = f[f"{metric}/mean"].to_numpy(float)
-                err = np.nan_to_num(f[f"{metric}/ci"].to_numpy(float))
-                ax.bar(np.arange(len(f)) + off, y, width=0.4, yerr=err, capsize=3, label=name)
+                err = f[f"{metric}/ci"].to_numpy(float)  # no bar for single-seed cells (no interval)
+                ax.bar(np.arange(len(f)) + off, y, width=0.4, label=name)
+                ok = np.isfinite(err)
+                if ok.any():
+                    ax.errorbar(np.arange(len(f))[ok] + off, y[ok], yerr=err[ok], fmt="none", ecolor="black", capsize=3)
         ax.set_xticks(np.arange(len(f)), labels, fontsize=8)
         ax.set_ylabel("top-1 accuracy (%)")
         lo = np.nanmin(np.r_[f.get("knn/top1@20/mean", pd.Series([np.nan])), f.get("linear/top1/mean", pd.Series([np.nan]))])
         if np.isfinite(lo):
             ax.set_ylim(max(0, lo - 10), None)
         ax.legend()
-        ax.set_title(f"{t.dataset}, budget {t.budget} (95% CI)")
+        n_max = int(max(f["knn/top1@20/n"].max(), f["linear/top1/n"].max()))
+        ax.set_title(f"{t.dataset}, budget {t.budget}" + (" (95% CI over seeds)" if n_max > 1 else " (1 seed: no CI)"))
         ax = axes[1]
         if f["align/n"].max() > 0:
             for _, r in f.iterrows():
                 ax.scatter(r["uniform/mean"], r["align/mean"])
-                ax.annotate(f"{r['method']}", (r["uniform/mean"], r["align/mean"]), fontsize=8)
+                ax.annotate(f"{r['method']} ({r['backbone']})", (r["uniform/mean"], r["align/mean"]), fontsize=8)
         ax.set_xlabel("uniformity (lower is better)")
         ax.set_ylabel("alignment (lower is better)")
         ax.set_title("alignment vs uniformity (Wang & Isola, 2020)")

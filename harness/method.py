@@ -55,6 +55,7 @@ class StepInfo:
 class Batch:
     views: Views
     indices: torch.Tensor         # dataset indices of the batch (memory-bank methods)
+    labels: torch.Tensor | None = None  # class labels: only methods with uses_labels = True may read them
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Method(nn.Module):
     base_lr: ClassVar[float] = 0.05
     weight_decay: ClassVar[float] = 1e-4
     optimizer: ClassVar[str] = "sgd"
+    uses_labels: ClassVar[bool] = False  # True only for baselines (the supervised row); SSL methods never see labels
 
     def __init__(self, backbone: nn.Module, cfg: Any, info: DataInfo):
         super().__init__()
@@ -105,7 +107,7 @@ class Method(nn.Module):
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups; default: everything trainable, no WD on biases/norms."""
         decay, no_decay = [], []
-        for n, p in self.named_parameters():
+        for p in self.parameters():
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)

@@ -12,7 +12,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # ----------------------------------------------------------------------------- schedules
 
 
@@ -113,3 +112,224 @@ class FeatureQueue(nn.Module):
         idx = (torch.arange(n, device=k.device) + p) % size
         self.keys[idx] = k
         self.ptr.fill_((p + n) % size)
+
+
+# ----------------------------------------------------------------------------- freezing
+
+
+def frozen(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with a zero gradient (not ``None``): freezes a parameter for one step.
+
+    Used for "freeze the last layer / the prototypes during the first epoch" (DINO, SwAV).
+    The parameter stays in the autograd graph, so DDP (``find_unused_parameters=False``)
+    still sees a gradient for it; SGD/AdamW then apply weight decay only, to which the
+    weight-normalised DINO layer and the re-normalised SwAV prototypes are invariant.
+    """
+    return t.detach() + 0.0 * t
+
+
+# ----------------------------------------------------------------------------- DINO head and centring
+
+
+class WeightNormLinear(nn.Module):
+    """Linear map without bias whose rows are weight-normalised (Salimans & Kingma, 2016):
+
+        w_k = g_k * v_k / ||v_k||,   y = x W^T
+
+    DINO's last layer (``norm_last_layer=True``: g fixed at 1, so only directions are learnt).
+    Setting ``frozen_step = True`` makes the next forward pass give v and g a zero gradient.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, learn_scale: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))   # nn.Linear's default, as DINO's last layer
+        self.scale = nn.Parameter(torch.ones(out_dim), requires_grad=learn_scale)
+        self.frozen_step = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v, g = self.weight, self.scale
+        if self.frozen_step:
+            v = frozen(v)
+            g = frozen(g) if g.requires_grad else g
+        return F.linear(x, F.normalize(v, dim=1) * g[:, None])
+
+
+class DINOHead(nn.Module):
+    """DINO projection head (Caron et al., 2021): an MLP (``layers`` linear layers, hidden
+    width ``hidden``, GELU, optional BN) to a ``bottleneck``-d vector, L2-normalised, then a
+    weight-normalised linear layer to K = ``out_dim`` logits (paper: 2048 / 256 / 65536):
+
+        g(x) = W_norm . (h(x) / ||h(x)||)
+
+    Shared by DINO and iBOT. ``forward`` returns the K logits; ``bottleneck_features`` the
+    normalised bottleneck (what ``projector()`` evaluations use).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden: int = 2048, bottleneck: int = 256,
+                 layers: int = 3, use_bn: bool = False, norm_last_layer: bool = True):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"DINOHead needs layers >= 1, got {layers}")
+        mods: list[nn.Module] = []
+        d = in_dim
+        for _ in range(layers - 1):
+            mods.append(nn.Linear(d, hidden))
+            if use_bn:
+                mods.append(nn.BatchNorm1d(hidden))
+            mods.append(nn.GELU())
+            d = hidden
+        mods.append(nn.Linear(d, bottleneck))
+        self.mlp = nn.Sequential(*mods)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck, out_dim, learn_scale=not norm_last_layer)
+
+    def bottleneck_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(x), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.bottleneck_features(x))
+
+
+class Centering(nn.Module):
+    """DINO's centring and sharpening of the teacher output (Caron et al., 2021):
+
+        P_t(x) = softmax((g_t(x) - c) / tau_t),   c <- m c + (1 - m) mean_batch g_t(x)
+
+    ``c`` is a buffer (checkpointed); the batch mean is over every leading dimension (images,
+    or images x patches for iBOT) and over all processes (``harness.distributed``). Centring
+    stops one dimension from dominating, sharpening (small tau_t) stops the uniform collapse.
+    """
+
+    def __init__(self, dim: int, momentum: float = 0.9):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("center", torch.zeros(1, dim))
+
+    def forward(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return F.softmax((logits.float() - self.center) / temperature, dim=-1)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor) -> None:
+        from harness.distributed import all_reduce_mean
+
+        batch = logits.detach().float().reshape(-1, self.center.shape[1]).mean(dim=0, keepdim=True)
+        batch = all_reduce_mean(batch)
+        self.center.mul_(self.momentum).add_(batch, alpha=1 - self.momentum)
+
+
+# ----------------------------------------------------------------------------- Sinkhorn-Knopp
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """Equipartitioned soft codes from prototype scores (SwAV, Caron et al., 2020; Cuturi, 2013).
+
+    For scores S = Z^T C (B samples x K prototypes) the codes solve
+    max_Q Tr(Q^T S) + eps H(Q) over the transportation polytope (each prototype gets B/K of
+    the mass): Q = diag(u) exp(S / eps) diag(v), with u, v found by ``iterations`` rounds of
+    alternately normalising the prototype (row) and sample (column) sums of Q^T. The sums run
+    over the batch of every process (``harness.distributed``), so B is the global batch.
+    Returns (B, K) codes whose rows sum to 1.
+    """
+    from harness.distributed import all_reduce_mean, world_size
+
+    world = world_size()
+
+    def global_sum(x: torch.Tensor) -> torch.Tensor:
+        return all_reduce_mean(x) * world
+
+    s = scores.detach().float()
+    shift = all_reduce_mean(s.max().reshape(1))      # any constant common to all ranks; for exp's range
+    q = torch.exp((s - shift) / epsilon).t()          # K x B
+    k, b = q.shape[0], q.shape[1] * world
+    q /= global_sum(q.sum().reshape(1))
+    for _ in range(iterations):
+        q /= global_sum(q.sum(dim=1, keepdim=True))   # each prototype: total mass 1/K
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)               # each sample: total mass 1/B
+        q /= b
+    return (q * b).t()
+
+
+# ----------------------------------------------------------------------------- memory bank
+
+
+class MemoryBank(nn.Module):
+    """A memory bank of one normalised feature per training instance (InstDisc, Wu et al., 2018).
+
+    ``features`` (N, D) is a buffer, so checkpoints carry it. Entries are updated by dataset index
+    with a momentum, v_i <- normalise(m * v_i + (1 - m) * f_i), and noise samples are drawn
+    uniformly over the N instances. Under DDP, callers gather indices and features first
+    (``harness.distributed.gather``) so every rank holds the same bank.
+    """
+
+    def __init__(self, size: int, dim: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("features", F.normalize(torch.randn(size, dim, generator=g), dim=1))
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.features[indices]
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor, feats: torch.Tensor, momentum: float) -> None:
+        """v_i <- normalise(m * v_i + (1 - m) * f_i) for each index i (indices unique)."""
+        f = feats.detach().to(self.features.dtype)
+        indices = indices.to(self.features.device)
+        new = F.normalize(momentum * self.features[indices] + (1 - momentum) * f, dim=1)
+        self.features.index_copy_(0, indices, new)
+
+    def sample(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Indices drawn uniformly over the bank (the noise distribution P_n = 1/N)."""
+        dev = generator.device if generator is not None else self.features.device
+        return torch.randint(0, len(self), tuple(shape) if not isinstance(shape, int) else (shape,),
+                             generator=generator, device=dev).to(self.features.device)
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+
+def local_crop_size(image_size: int, requested: int = 0, multiple: int = 1) -> int:
+    """Side of multi-crop's local crops: ``requested`` if > 0, else the papers' 96/224 of the
+    image side (SwAV, DINO), rounded to a multiple of ``multiple`` (a ViT's patch size), at
+    least 8 px."""
+    if requested > 0:
+        return requested
+    m = max(1, multiple)
+    return max(8, m, int(round(image_size * 96 / 224 / m)) * m)
+
+
+def enable_multi_crop(backbone: nn.Module, sizes: list[int]) -> None:
+    """Make ``backbone`` accept every input side in ``sizes`` (multi-crop).
+
+    Convnets with global pooling already do. A timm VisionTransformer is switched to dynamic
+    image size: its position embeddings are resampled to each input's patch grid, as DINO's
+    ``interpolate_pos_encoding`` (at the native size they are unchanged, so evaluation is
+    unaffected). Sides must be multiples of the patch size; a clear error says otherwise.
+    """
+    from harness.backbones import is_vit
+    from harness.errors import ConfigError
+
+    if not is_vit(backbone):
+        return
+    pe = backbone.patch_embed
+    patch = pe.patch_size[0]
+    bad = sorted({s for s in sizes if s % patch})
+    if bad:
+        raise ConfigError(f"multi-crop on a ViT with {patch}x{patch} patches needs crop sizes divisible by {patch}, "
+                          f"got {bad}; set method_cfg.local_size to a multiple of {patch}")
+    if getattr(backbone, "dynamic_img_size", False):
+        return
+    from timm.layers import Format
+
+    backbone.dynamic_img_size = True
+    pe.strict_img_size = False
+    pe.flatten = False
+    pe.output_fmt = Format("NHWC")

@@ -23,7 +23,7 @@ from harness import tracking
 from harness.config import RunConfig, flatten, load_yaml, resolve, to_dict
 from harness.data import ImageDataset, load_dataset
 from harness.errors import ConfigError, TrainingDiverged
-from harness.trainer import Trainer, load_trained_method, resolve_device
+from harness.trainer import Trainer, load_trained_method, resolve_device, trajectory_diff
 
 RANDOM_INIT = "random_init"
 
@@ -39,6 +39,10 @@ def run_name(cfg: RunConfig) -> str:
 
 def run_tags(cfg: RunConfig, device: str) -> dict[str, str]:
     tags = tracking.environment_tags(device)
+    import shlex
+
+    argv = [os.path.basename(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)]
+    tags["command"] = "sslbench " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else ""
     tags.update({"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data.name,
                  "budget": f"{cfg.budget.kind}={cfg.budget.value}", "seed": str(cfg.seed)})
     return tags
@@ -93,7 +97,11 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "run.json"
     state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
-    if state.get("evaluated") and state.get("config") == to_dict(cfg):
+    if state and trajectory_diff(state["config"], to_dict(cfg)):
+        log(f"{run_name(cfg)}: the config changed since the last attempt "
+            f"({', '.join(trajectory_diff(state['config'], to_dict(cfg))[:3])}); starting this run over")
+        state, resume = {}, False
+    if state.get("evaluated") and state.get("config", {}).get("eval") == to_dict(cfg)["eval"]:
         log(f"{run_name(cfg)}: already finished and evaluated (run {state['run_id']}); skipping")
         return state
     if not resume and (run_dir / "checkpoint.pt").exists():

@@ -140,12 +140,15 @@ def environment_tags(device: str) -> dict[str, str]:
 
 
 def to_mlflow_key(name: str) -> str:
-    """MLflow keys may not contain '@': ``knn/top1@20`` is stored as ``knn/top1_k20``."""
-    return re.sub(r"@(\d+)$", r"_k\1", name)
+    """MLflow keys may not contain '@' or '%': ``knn/top1@20`` is stored as ``knn/top1_k20``,
+    ``linear@1%/top1`` as ``linear_1pct/top1``."""
+    name = re.sub(r"@(\d+)$", r"_k\1", name)
+    return re.sub(r"@([\d.]+)%", r"_\1pct", name)
 
 
 def from_mlflow_key(key: str) -> str:
-    return re.sub(r"^(knn/top\d+)_k(\d+)$", r"\1@\2", key)
+    key = re.sub(r"^(knn/top\d+)_k(\d+)$", r"\1@\2", key)
+    return re.sub(r"^(\w+)_([\d.]+)pct/", r"\1@\2%/", key)
 
 
 def _param_value(v: Any) -> str:

@@ -98,6 +98,17 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
+def trajectory_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Config keys that change a run's trajectory and differ (devices, progress bars, evaluation
+    and tracking may change between attempts; method, data, budget, optimiser, seed may not)."""
+    from harness.config import flatten
+
+    a, b = flatten(from_dict(saved)), flatten(from_dict(current))
+    mutable = ("train.", "eval.", "tracking.", "out_dir")
+    return [f"{k}={a.get(k)!r}->{b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if not k.startswith(mutable) and a.get(k) != b.get(k)]
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**62)
 
@@ -121,6 +132,7 @@ class Trainer:
             raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {self.world} processes")
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg, self.info).to(self.device)
+        self.uses_labels = type(self.method).uses_labels
         self.recipe = self.method.view_recipe(self.info)
         self.recipe.check(self.info.channels, self.info.image_size, cfg.method)
         cl = cfg.train.channels_last
@@ -163,13 +175,11 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        saved = from_dict(state["config"])
-        for key in ("method", "backbone", "seed"):
-            if getattr(saved, key) != getattr(self.cfg, key):
-                raise CheckpointError(f"cannot resume: checkpoint has {key}={getattr(saved, key)!r}, "
-                                      f"this run has {getattr(self.cfg, key)!r}")
-        if (saved.budget.kind, saved.optim.batch_size) != (self.cfg.budget.kind, self.cfg.optim.batch_size):
-            raise CheckpointError("cannot resume: the checkpoint was written with a different budget kind or batch size")
+        diff = trajectory_diff(state["config"], to_dict(self.cfg))
+        if diff:
+            shown = ", ".join(diff[:4])
+            raise CheckpointError(f"cannot resume: the checkpoint was written with another config ({shown}); "
+                                  "rerun without --resume to start over")
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -212,7 +222,8 @@ class Trainer:
             p = self.progress()
             lr_factor = warmup_cosine(p, cfg.optim.warmup, 1.0, 0.0)
             for g in self.optimizer.param_groups:
-                g["lr"] = self.base_lr * lr_factor * g.get("base_lr_scale", 1.0)
+                # a group flagged fixed_lr keeps its base LR: no warm-up, no decay (SimSiam's predictor)
+                g["lr"] = self.base_lr * (1.0 if g.get("fixed_lr") else lr_factor) * g.get("base_lr_scale", 1.0)
             seed = _step_seed(cfg.seed, self.step, rank)
             torch.manual_seed(seed)
             gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -226,7 +237,8 @@ class Trainer:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
             info = StepInfo(self.step, p, self.total, gen)
             with amp:
-                out = self.model(Batch(views, idx.to(self.device)), info)
+                labels = self.ds.y_train[idx].to(self.device) if self.uses_labels else None
+                out = self.model(Batch(views, idx.to(self.device), labels), info)
             loss = out["loss"]
             if not torch.isfinite(loss):
                 raise TrainingDiverged(

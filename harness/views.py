@@ -53,15 +53,16 @@ class ViewRecipe:
 
     # ------------------------------------------------------------------ presets
     @staticmethod
-    def simclr(size: int, n: int = 2, blur: bool = True, strength: float = 1.0) -> "ViewRecipe":
+    def simclr(size: int, n: int = 2, blur: bool = True, strength: float = 1.0, min_scale: float = 0.08) -> "ViewRecipe":
         s = strength
-        spec = ViewSpec(size, jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), blur_p=0.5 if blur else 0.0)
+        spec = ViewSpec(size, scale=(min_scale, 1.0), jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+                        blur_p=0.5 if blur else 0.0)
         return ViewRecipe([spec] * n)
 
     @staticmethod
-    def byol(size: int, blur: bool = True) -> "ViewRecipe":
+    def byol(size: int, blur: bool = True, min_scale: float = 0.08) -> "ViewRecipe":
         """BYOL's asymmetric pair: blur 1.0 / 0.1, solarize 0 / 0.2."""
-        base = ViewSpec(size, jitter=(0.4, 0.4, 0.2, 0.1))
+        base = ViewSpec(size, scale=(min_scale, 1.0), jitter=(0.4, 0.4, 0.2, 0.1))
         return ViewRecipe([replace(base, blur_p=1.0 if blur else 0.0),
                            replace(base, blur_p=0.1 if blur else 0.0, solarize_p=0.2)])
 

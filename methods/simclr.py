@@ -26,6 +26,7 @@ class SimCLRConfig:
     proj_dim: int = 128
     blur: bool = True
     jitter_strength: float = 1.0
+    crop_min_scale: float = 0.08   # random-resized-crop scale range (crop_min_scale, 1)
 
 
 @register_method("simclr", family="siamese", paper="Chen et al., 2020 (SimCLR)")
@@ -40,7 +41,8 @@ class SimCLR(Method):
         self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=2)
 
     def view_recipe(self, info):
-        return ViewRecipe.simclr(info.image_size, blur=self.cfg.blur, strength=self.cfg.jitter_strength)
+        return ViewRecipe.simclr(info.image_size, blur=self.cfg.blur, strength=self.cfg.jitter_strength,
+                                 min_scale=self.cfg.crop_min_scale)
 
     def training_step(self, batch, step):
         x1, x2 = batch.views.images

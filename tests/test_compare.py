@@ -3,7 +3,6 @@ import pandas as pd
 import pytest
 
 from harness.compare import compare
-
 from harness.errors import SSLBenchError
 
 

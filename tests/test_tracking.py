@@ -65,3 +65,8 @@ def test_default_store_is_sqlite_under_results(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     assert tracking.tracking_uri(None) == "sqlite:///elsewhere.db"
     assert tracking.tracking_uri("http://x") == "http://x"
+
+
+def test_metric_names_roundtrip_through_mlflow_keys():
+    for name, key in [("knn/top1@20", "knn/top1_k20"), ("linear@1%/top1", "linear_1pct/top1"), ("align", "align")]:
+        assert tracking.to_mlflow_key(name) == key and tracking.from_mlflow_key(key) == name

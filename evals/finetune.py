@@ -1,0 +1,153 @@
+"""Fine-tuning: the whole encoder plus a linear head, trained with labels under a fixed budget.
+
+Protocol (MAE / BEiT style, scaled to small budgets): the encoder's weights are copied, a
+linear head is added, and both are trained with softmax cross-entropy on crop + flip views
+(random resized crop, scale (0.35, 1)) for a fixed number of steps, with a linear warm-up
+and a cosine LR schedule:
+
+* convnets: SGD (momentum 0.9, Nesterov), weight decay 5e-4;
+* ViTs: AdamW (0.9, 0.999), weight decay 0.05, layer-wise LR decay 0.75 (block i of L
+  gets lr * 0.75^(L - i); timm's ``param_groups_layer_decay``).
+
+The learning rate is chosen from a small grid on a stratified, seeded hold-out of the TRAIN
+split (the model never sees test labels during selection), then the model is refit on all
+of TRAIN (or a stratified label fraction of it) and scored once on TEST.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evals.linear import label_fraction_subset, stratified_split
+from harness.backbones import is_convnet, is_vit
+from harness.nn import warmup_cosine
+from harness.trainer import resolve_precision
+from harness.views import ViewSpec, augment, normalize
+
+CONVNET_LRS = (0.01, 0.05)
+VIT_LRS = (3e-4, 1e-3)
+LAYER_DECAY = 0.75
+
+
+class _Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.num_features, num_classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+def _optimizer(model: _Classifier, lr: float):
+    if is_vit(model.encoder):
+        from timm.optim._param_groups import param_groups_layer_decay
+
+        groups = param_groups_layer_decay(model.encoder, weight_decay=0.05, layer_decay=LAYER_DECAY,
+                                          no_weight_decay_list=list(model.encoder.no_weight_decay()))
+        for g in groups:
+            g["base_lr"] = lr * g.get("lr_scale", 1.0)
+        groups.append({"params": list(model.head.parameters()), "weight_decay": 0.05, "base_lr": lr})
+        return torch.optim.AdamW(groups, lr=lr)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    return torch.optim.SGD([{"params": decay, "weight_decay": 5e-4, "base_lr": lr},
+                            {"params": no_decay, "weight_decay": 0.0, "base_lr": lr}], lr=lr, momentum=0.9, nesterov=True)
+
+
+def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, mean, std, lr: float,
+                     steps: int, batch_size: int, seed: int, device, precision: str, progress: bool = False,
+                     desc: str = "finetune") -> _Classifier:
+    torch.manual_seed(seed)
+    model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
+    channels_last = is_convnet(model.encoder)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = _optimizer(model, lr)
+    spec = ViewSpec(x.shape[-1], scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0)
+    bs = min(batch_size, len(x))
+    per_epoch = max(1, len(x) // bs)
+    model.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=desc, unit="step", mininterval=1.0, leave=False, file=sys.stderr)
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+        idx = perm[i * bs : (i + 1) * bs]
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+        xb = x[idx].to(device).float().div_(255)
+        v, _, _ = augment(xb, spec, gen)
+        v = (v - torch.tensor(mean, device=device).view(1, -1, 1, 1)) / torch.tensor(std, device=device).view(1, -1, 1, 1)
+        if channels_last:
+            v = v.contiguous(memory_format=torch.channels_last)
+        f = warmup_cosine(step / steps, 0.05, 1.0, 0.0)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(v).float(), y[idx].to(device))
+        if not torch.isfinite(loss):
+            break  # a diverged grid point scores 0 on the hold-out, it is never selected
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, mean, std, device, precision: str, batch_size: int = 1024) -> torch.Tensor:
+    outs = []
+    for i in range(0, len(x), batch_size):
+        xb = normalize(x[i : i + batch_size].to(device), mean, std)
+        if is_convnet(model.encoder):
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs)
+
+
+def _topk(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
+    k = min(k, logits.shape[1])
+    return 100.0 * (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).float().mean().item()
+
+
+def finetune_eval(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                  y_test: torch.Tensor, num_classes: int, mean, std, steps: int = 300, batch_size: int = 256,
+                  lrs: Sequence[float] | None = None, holdout_fraction: float = 0.1, label_fraction: float = 1.0,
+                  seed: int = 0, device="cpu", precision: str = "auto", progress: bool = False,
+                  prefix: str = "finetune") -> dict[str, float]:
+    """Select the LR on a TRAIN hold-out, refit on TRAIN, report TEST top-1/top-5 (percent)."""
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    lrs = tuple(lrs or (VIT_LRS if is_vit(encoder) else CONVNET_LRS))
+    y_train = torch.as_tensor(y_train).long()
+    sub = label_fraction_subset(y_train, label_fraction, seed)
+    xs, ys = x_train[sub], y_train[sub]
+    fit, held = stratified_split(ys, holdout_fraction, seed)
+    scores = {}
+    for lr in lrs:
+        m = train_classifier(encoder, xs[fit], ys[fit], num_classes, mean, std, lr, steps, batch_size, seed, device,
+                             precision, progress, desc=f"{prefix} select lr={lr:g}")
+        logits = predict(m, xs[held], mean, std, device, precision)
+        scores[lr] = _topk(logits, ys[held], 1) if torch.isfinite(logits).all() else 0.0
+    best = max(lrs, key=lambda lr: (scores[lr], -lr))
+    model = train_classifier(encoder, xs, ys, num_classes, mean, std, best, steps, batch_size, seed, device, precision,
+                             progress, desc=f"{prefix} refit lr={best:g}")
+    logits = predict(model, x_test, mean, std, device, precision)
+    y_test = torch.as_tensor(y_test).long()
+    return {f"{prefix}/top1": _topk(logits, y_test, 1), f"{prefix}/top5": _topk(logits, y_test, 5),
+            f"{prefix}/lr": float(best), f"{prefix}/holdout_top1": float(scores[best]),
+            f"{prefix}/steps": float(steps), f"{prefix}/epochs": float(steps * min(batch_size, len(xs)) / max(1, len(xs)))}
+

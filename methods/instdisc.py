@@ -1,0 +1,125 @@
+"""Instance Discrimination (Wu, Xiong, Yu & Lin, 2018), "Unsupervised Feature Learning via
+Non-Parametric Instance Discrimination" (InstDisc / NPID).
+
+Every training image is its own class. The encoder and a linear layer map an image x_i to a
+128-d L2-normalised feature f_i = f(x_i); instead of class weights, a *memory bank* V holds one
+normalised feature v_j per training image (``harness.nn.MemoryBank``, a buffer, so checkpoints
+carry it). The non-parametric softmax
+
+    P(i | f) = exp(v_i . f / tau) / Z,   Z = sum_j exp(v_j . f / tau),   tau = 0.07
+
+is too costly over all n images, so it is trained with noise-contrastive estimation
+(``methods.losses.nce_loss``): m = 4096 noise samples from the uniform P_n = 1/n, and
+
+    h(i, f) = P(i | f) / (P(i | f) + m P_n)
+    L = -log h(i, f_i) - sum_{j=1..m} log(1 - h(j', f_i)),   j' ~ P_n
+
+with Z estimated once, from the first batch, as Z = n * mean exp(v_j' . f / tau) over the noise
+samples and then fixed (the paper's Monte-Carlo approximation; a buffer here, averaged over
+processes). The positive v_i is the bank's entry from the previous visit (no gradient). An
+optional proximal term lambda * ||f_i - v_i||^2 (the paper's eq. 9; ``proximal``, 0 = off, as in
+the authors' released code, whose bank momentum plays the same role) damps oscillation. After each step the bank entries of
+the batch move towards the new features, v_i <- normalise(0.5 v_i + 0.5 f_i) (momentum 0.5).
+
+Deviation for memory: one draw of m noise indices per step is shared by the whole batch (the
+paper's code draws m per sample, O(B m d) memory); every sample still sees m uniform noise
+samples. Under DDP each process draws its own noise, and the bank update gathers indices and
+features from every process (``harness.distributed.gather``) so all banks stay equal.
+
+Paper defaults: SGD, LR 0.03 at batch 256, momentum 0.9, weight decay 5e-4; augmentation:
+random resized crop (0.2-1), colour jitter 0.4, random grayscale 0.2, flip; one view per image.
+``encoder()`` is the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.distributed import all_reduce_mean, gather
+from harness.errors import ConfigError
+from harness.method import Method
+from harness.nn import MemoryBank, mlp
+from harness.registry import register_method
+from harness.views import ViewRecipe, ViewSpec
+from methods.losses import nce_log_partition, nce_loss
+
+
+@dataclass
+class InstDiscConfig:
+    temperature: float = 0.07
+    num_noise: int = 4096         # m, noise samples per data sample
+    bank_momentum: float = 0.5
+    proximal: float = 0.0         # lambda of the proximal term; 0 = off
+    proj_dim: int = 128
+    proj_hidden: int = 0          # 0: linear embedding layer (the paper's); > 0: 2-layer MLP
+    blur: bool = False
+
+
+def instdisc_views(size: int, n: int = 1, blur: bool = False) -> ViewRecipe:
+    """InstDisc's augmentation, reused by InvaSpread (and MoCo v1): crop (0.2-1), colour jitter
+    0.4 (always), random grayscale 0.2, flip."""
+    spec = ViewSpec(size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_p=0.2,
+                    blur_p=0.5 if blur else 0.0)
+    return ViewRecipe([spec] * n)
+
+
+@register_method("instdisc", family="memory", paper="Wu et al., 2018 (InstDisc / NPID)")
+class InstDisc(Method):
+    Config = InstDiscConfig
+    base_lr = 0.03
+    weight_decay = 5e-4
+    optimizer = "sgd"
+
+    def __init__(self, backbone, cfg: InstDiscConfig, info):
+        super().__init__(backbone, cfg, info)
+        if not cfg.temperature > 0:
+            raise ConfigError(f"{self.name}: method_cfg.temperature must be > 0, got {cfg.temperature}")
+        if cfg.num_noise < 1:
+            raise ConfigError(f"{self.name}: method_cfg.num_noise must be >= 1, got {cfg.num_noise}")
+        if not 0.0 <= cfg.bank_momentum < 1.0:
+            raise ConfigError(f"{self.name}: method_cfg.bank_momentum must be in [0, 1), got {cfg.bank_momentum}")
+        if info.num_train < 2:
+            raise ConfigError(f"{self.name}: the memory bank needs at least 2 training images")
+        d = backbone.num_features
+        self.projector_head = mlp(d, cfg.proj_hidden, cfg.proj_dim) if cfg.proj_hidden > 0 else nn.Linear(d, cfg.proj_dim)
+        self.bank = MemoryBank(info.num_train, cfg.proj_dim)
+        self.register_buffer("log_z", torch.tensor(float("nan")))   # fixed after the first batch
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def view_recipe(self, info):
+        return instdisc_views(info.image_size, n=1, blur=self.cfg.blur)
+
+    def training_step(self, batch, step):
+        x = batch.views.images[0]
+        idx = batch.indices.to(self.bank.features.device)
+        f = F.normalize(self.projector_head(self.backbone(x)).float(), dim=1)
+        t, n = self.cfg.temperature, len(self.bank)
+        v = self.bank.get(idx)                                   # previous features of the batch's images
+        noise = self.bank.get(self.bank.sample(self.cfg.num_noise, step.generator))
+        pos_logits = (f * v).sum(dim=1) / t
+        noise_logits = f @ noise.t() / t
+        if torch.isnan(self.log_z):
+            self.log_z.copy_(all_reduce_mean(nce_log_partition(noise_logits, n)))
+        loss = nce_loss(pos_logits, noise_logits, self.log_z, n)
+        out = {"nce": loss.detach(), "pos_sim": pos_logits.detach().mean() * t, "noise_sim": noise_logits.detach().mean() * t}
+        if self.cfg.proximal > 0:
+            prox = (f - v).pow(2).sum(dim=1).mean()
+            loss = loss + self.cfg.proximal * prox
+            out["proximal"] = prox.detach()
+        self._pending = (idx, f.detach())
+        out["loss"] = loss
+        return out
+
+    @torch.no_grad()
+    def on_step_end(self, step):
+        if self._pending is not None:
+            idx, f = self._pending
+            self.bank.update(gather(idx), gather(f), self.cfg.bank_momentum)
+            self._pending = None
+
+    def projector(self):
+        return nn.Sequential(self.backbone, self.projector_head)

@@ -1,0 +1,36 @@
+import os
+
+import pandas as pd
+import pytest
+
+from conftest import CIFAR_NPZ
+from harness import check
+
+
+def test_band_from_seed_variance():
+    vals = pd.DataFrame({"method": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2,
+                         "knn/top1@20": [50.0, 51.0, 52.0, 40.0, 40.1, 39.9]})
+    base = check.make_baseline(vals, "knn/top1@20")
+    a = base.set_index("method").loc["a"]
+    assert a["mean"] == pytest.approx(51.0) and a["std"] == pytest.approx(1.0) and a["n"] == 3
+    cur = pd.DataFrame({"method": ["a", "b"], "knn/top1@20": [48.5, 38.5]})
+    v = {x.method: x for x in check.judge(cur, base, k=3.0, min_band=1.0)}
+    assert v["a"].ok and v["a"].band == pytest.approx(3.0)         # 48.5 >= 51 - 3
+    assert not v["b"].ok and v["b"].band == pytest.approx(1.0)     # band floor: 38.5 < 40 - 1
+    missing = check.judge(cur[cur.method == "a"], base)
+    assert [x.ok for x in missing] == [True, False]
+    assert "FAIL" in check.table(check.judge(cur, base)) or "MISSING" in check.table(missing)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(CIFAR_NPZ), reason="needs ../shared/data/cifar10.npz")
+def test_check_fails_on_a_broken_method(tmp_path, monkeypatch):
+    """`sslbench check` with SimCLR's learning switched off (lr=0) fails and names simclr."""
+    from harness.cli import main
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    rc = main(["check", "--methods", "simclr", "--baseline", os.path.join(root, "results/ci/baseline.csv"),
+               f"data.data_dir={CIFAR_NPZ}", "optim.lr=0.0", "out_dir=" + str(tmp_path / "runs")])
+    assert rc == 1
