@@ -1,0 +1,113 @@
+"""SimCLR v2 (Chen, Kornblith, Swersky, Norouzi & Hinton, 2020b), "Big Self-Supervised Models
+are Strong Semi-Supervised Learners".
+
+The pretraining stage of SimCLR v2 is SimCLR (``methods.simclr``) with two changes:
+
+1. A deeper projection head g: 3 layers instead of 2 (Linear-BN-ReLU x 2, then Linear-BN,
+   hidden width = encoder width, 128-d output). For the semi-supervised stage the network is
+   fine-tuned not from the encoder output but from the first layer of g ("fine-tuning from a
+   middle layer of the projection head"); ``projector()`` therefore returns the backbone plus
+   that first layer (Linear-BN-ReLU), the features a fine-tuning or probing evaluation uses.
+2. Optionally, MoCo's memory of negatives (He et al., 2020): a momentum (EMA) copy of encoder
+   and head, theta_k <- m theta_k + (1 - m) theta, encodes each view into keys, which are
+   enqueued into a FIFO queue of K negatives (``harness.nn.EMATeacher``, ``FeatureQueue``).
+   The paper reports a small gain (~1%) at small batch sizes and none at large ones, so it
+   is off by default (``queue_size = 0``).
+
+Without the queue the loss is NT-Xent over the 2N views (``methods.losses.nt_xent``):
+
+    L = 1/(2N) sum_i -log( exp(s_{i,p(i)} / tau) / sum_{k != i} exp(s_ik / tau) ),  s = cosine
+
+With the queue, each view's query q_v = g(f(x_v)) is contrasted with the momentum key k_v'
+of the other view as its positive and the queue as negatives, symmetrised:
+
+    L = 1/2 [InfoNCE(q1, k2; queue) + InfoNCE(q2, k1; queue)]
+
+(``methods.losses.symmetric_info_nce``); after the step the gathered keys of both views are
+enqueued. Paper defaults: tau = 0.1, LARS with LR 6.4 at batch 4096 (0.4 x batch/256 here:
+the harness scales linearly), weight decay 1e-4, momentum m = 0.999 when the memory is on.
+The semi-supervised fine-tuning and distillation stage is an evaluator-side protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from harness.distributed import gather, gather_with_grad
+from harness.errors import ConfigError
+from harness.method import Method
+from harness.nn import EMATeacher, FeatureQueue, mlp
+from harness.registry import register_method
+from harness.views import ViewRecipe
+from methods.losses import nt_xent, symmetric_info_nce
+
+
+@dataclass
+class SimCLRv2Config:
+    temperature: float = 0.1
+    proj_hidden: int = 2048
+    proj_dim: int = 128
+    proj_layers: int = 3
+    queue_size: int = 0           # 0: no memory (default); > 0: MoCo-style queue of negatives
+    momentum: float = 0.999       # key encoder EMA momentum (only with the queue)
+    blur: bool = True
+    jitter_strength: float = 1.0
+
+
+@register_method("simclr_v2", family="siamese", paper="Chen et al., 2020b (SimCLR v2)")
+class SimCLRv2(Method):
+    Config = SimCLRv2Config
+    base_lr = 0.4
+    weight_decay = 1e-4
+    optimizer = "lars"
+
+    def __init__(self, backbone, cfg: SimCLRv2Config, info):
+        super().__init__(backbone, cfg, info)
+        if cfg.proj_layers < 2:
+            raise ConfigError(f"simclr_v2: method_cfg.proj_layers must be >= 2 (fine-tuning starts from the "
+                              f"first head layer), got {cfg.proj_layers}")
+        if cfg.queue_size < 0 or not 0.0 <= cfg.momentum <= 1.0:
+            raise ConfigError("simclr_v2: need method_cfg.queue_size >= 0 and 0 <= method_cfg.momentum <= 1")
+        self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers,
+                                  last_bn=True)
+        if cfg.queue_size > 0:
+            self.key_encoder = EMATeacher(self._online())
+            self.queue = FeatureQueue(cfg.queue_size, cfg.proj_dim)
+        self._pending: torch.Tensor | None = None
+
+    def _online(self) -> nn.Sequential:
+        # built on the fly (not a registered submodule), so weights are not listed twice
+        return nn.Sequential(self.backbone, self.projector_head)
+
+    def view_recipe(self, info):
+        return ViewRecipe.simclr(info.image_size, blur=self.cfg.blur, strength=self.cfg.jitter_strength)
+
+    def training_step(self, batch, step):
+        x1, x2 = batch.views.images[:2]
+        z1 = self.projector_head(self.backbone(x1))
+        z2 = self.projector_head(self.backbone(x2))
+        if self.cfg.queue_size == 0:
+            return {"loss": nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.cfg.temperature)}
+        with torch.no_grad():
+            k1 = F.normalize(self.key_encoder(x1).float(), dim=1)
+            k2 = F.normalize(self.key_encoder(x2).float(), dim=1)
+        loss = 0.5 * symmetric_info_nce(z1, z2, k1, k2, self.cfg.temperature, queue=self.queue.keys)
+        self._pending = torch.cat([k1, k2])
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def on_step_end(self, step):
+        if self.cfg.queue_size == 0:
+            return
+        self.key_encoder.update(self._online(), self.cfg.momentum)
+        if self._pending is not None:
+            self.queue.push(gather(self._pending))
+            self._pending = None
+
+    def projector(self):
+        # backbone + the first projection layer (Linear-BN-ReLU): where SimCLR v2 fine-tunes from
+        return nn.Sequential(self.backbone, self.projector_head[:3])
