@@ -27,7 +27,7 @@ def test_band_from_seed_variance():
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(CIFAR_NPZ), reason="needs ../shared/data/cifar10.npz")
 def test_check_fails_on_a_broken_method(tmp_path, monkeypatch):
-    """`sslbench check` with SimCLR's learning switched off (lr=0) fails and names simclr.
+    """`sslbench check` with MoCo v2's learning switched off (lr=0) fails and names moco_v2.
 
     (At the CI budget a working SimCLR's kNN accuracy sits below random init, so the frozen
     one lands above the band: the gate is two-sided.)"""
@@ -36,6 +36,6 @@ def test_check_fails_on_a_broken_method(tmp_path, monkeypatch):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    rc = main(["check", "--methods", "simclr", "--baseline", os.path.join(root, "results/ci/baseline.csv"),
+    rc = main(["check", "--methods", "moco_v2", "--baseline", os.path.join(root, "results/ci/baseline.csv"),
                f"data.data_dir={CIFAR_NPZ}", "optim.lr=0.0", "out_dir=" + str(tmp_path / "runs")])
     assert rc == 1
