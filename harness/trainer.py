@@ -292,7 +292,10 @@ class Trainer:
                     bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s budget [{elapsed}<{remaining}{postfix}]")
 
     def _bar_update(self, bar, images_per_step: int, dt: float) -> None:
-        bar.update(1 if self.total is not None else dt)
+        if self.total is not None:
+            bar.update(1)
+        else:  # never past the total: tqdm drops a total that n overshoots, and its format then fails
+            bar.update(max(0.0, min(dt, bar.total - bar.n)))
         if self.step % 10 == 0:
             bar.set_postfix(loss=f"{self.last_loss:.3f}", img_s=f"{self.step * images_per_step / max(self.elapsed, 1e-9):.0f}",
                             refresh=False)

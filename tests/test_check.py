@@ -29,8 +29,8 @@ def test_band_from_seed_variance():
 def test_check_fails_on_a_broken_method(tmp_path, monkeypatch):
     """`sslbench check` with MoCo v2's learning switched off (lr=0) fails and names moco_v2.
 
-    (At the CI budget a working SimCLR's kNN accuracy sits below random init, so the frozen
-    one lands above the band: the gate is two-sided.)"""
+    (A frozen MoCo v2 scores about random init, 44% kNN@20, far below its 300-step baseline of
+    about 50.6 ± 0.4.)"""
     from harness.cli import main
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
