@@ -61,9 +61,19 @@ def _optimizer(model: _Classifier, lr: float):
                             {"params": no_decay, "weight_decay": 0.0, "base_lr": lr}], lr=lr, momentum=0.9, nesterov=True)
 
 
-def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, mean, std, lr: float,
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """SimCLR v2's distillation loss (Chen et al., 2020b, eq. 3):
+    L = -1/N sum_i sum_y P_T(y | x_i; tau) log P_S(y | x_i; tau), P(y | x; tau) = softmax(logits / tau)."""
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return -(p_t * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
+
+
+def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None, num_classes: int, mean, std, lr: float,
                      steps: int, batch_size: int, seed: int, device, precision: str, progress: bool = False,
-                     desc: str = "finetune") -> _Classifier:
+                     desc: str = "finetune", teacher: nn.Module | None = None, temperature: float = 1.0) -> _Classifier:
+    """Encoder + linear head trained on crop + flip views: by cross-entropy with the labels ``y``,
+    or, with a ``teacher`` (y unused), by :func:`distillation_loss` against the teacher's
+    predictions on the same view."""
     torch.manual_seed(seed)
     model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
     channels_last = is_convnet(model.encoder)
@@ -93,7 +103,12 @@ def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor, num_c
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(v).float(), y[idx].to(device))
+            if teacher is None:
+                loss = F.cross_entropy(model(v).float(), y[idx].to(device))
+            else:
+                with torch.no_grad():
+                    t_logits = teacher(v)
+                loss = distillation_loss(model(v), t_logits, temperature)
         if not torch.isfinite(loss):
             break  # a diverged grid point scores 0 on the hold-out, it is never selected
         opt.zero_grad(set_to_none=True)
@@ -123,12 +138,13 @@ def _topk(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
     return 100.0 * (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).float().mean().item()
 
 
-def finetune_eval(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                  y_test: torch.Tensor, num_classes: int, mean, std, steps: int = 300, batch_size: int = 256,
-                  lrs: Sequence[float] | None = None, holdout_fraction: float = 0.1, label_fraction: float = 1.0,
-                  seed: int = 0, device="cpu", precision: str = "auto", progress: bool = False,
-                  prefix: str = "finetune") -> dict[str, float]:
-    """Select the LR on a TRAIN hold-out, refit on TRAIN, report TEST top-1/top-5 (percent)."""
+def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, mean, std,
+                   steps: int = 300, batch_size: int = 256, lrs: Sequence[float] | None = None,
+                   holdout_fraction: float = 0.1, label_fraction: float = 1.0, seed: int = 0, device="cpu",
+                   precision: str = "auto", progress: bool = False, prefix: str = "finetune"):
+    """Fine-tune with the LR chosen on a stratified hold-out of the (label-fraction subset of the)
+    TRAIN split, then refit on all of it. TRAIN only, by construction.
+    Returns (model, chosen lr, hold-out top-1 per lr, the labelled subset's indices)."""
     device = torch.device(device)
     precision = resolve_precision(precision, device)
     lrs = tuple(lrs or (VIT_LRS if is_vit(encoder) else CONVNET_LRS))
@@ -145,6 +161,20 @@ def finetune_eval(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tens
     best = max(lrs, key=lambda lr: (scores[lr], -lr))
     model = train_classifier(encoder, xs, ys, num_classes, mean, std, best, steps, batch_size, seed, device, precision,
                              progress, desc=f"{prefix} refit lr={best:g}")
+    return model, best, scores, sub
+
+
+def finetune_eval(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                  y_test: torch.Tensor, num_classes: int, mean, std, steps: int = 300, batch_size: int = 256,
+                  lrs: Sequence[float] | None = None, holdout_fraction: float = 0.1, label_fraction: float = 1.0,
+                  seed: int = 0, device="cpu", precision: str = "auto", progress: bool = False,
+                  prefix: str = "finetune") -> dict[str, float]:
+    """Select the LR on a TRAIN hold-out, refit on TRAIN, report TEST top-1/top-5 (percent)."""
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    model, best, scores, sub = select_and_fit(encoder, x_train, y_train, num_classes, mean, std, steps, batch_size, lrs,
+                                              holdout_fraction, label_fraction, seed, device, precision, progress, prefix)
+    xs = x_train[sub]
     logits = predict(model, x_test, mean, std, device, precision)
     y_test = torch.as_tensor(y_test).long()
     return {f"{prefix}/top1": _topk(logits, y_test, 1), f"{prefix}/top5": _topk(logits, y_test, 5),

@@ -97,6 +97,18 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
                 encoder, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, c, dataset.mean, dataset.std,
                 steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, holdout_fraction=cfg.holdout_fraction,
                 label_fraction=frac, seed=seed, device=device, precision=prec, progress=progress, prefix=prefix))
+    if "semisup" in cfg.protocols:
+        from evals.semisup import semisup_eval
+
+        out.update({"eval/semisup_fractions": ",".join(map(str, cfg.semisup_fractions)),
+                    "eval/distill_temperature": cfg.distill_temperature,
+                    "eval/finetune_steps": cfg.finetune_steps, "eval/finetune_batch_size": cfg.finetune_batch_size})
+        for frac in cfg.semisup_fractions:
+            timed(f"semisup@{frac * 100:g}%", lambda frac=frac: semisup_eval(
+                encoder, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, c, dataset.mean, dataset.std,
+                label_fraction=frac, steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size,
+                holdout_fraction=cfg.holdout_fraction, temperature=cfg.distill_temperature, seed=seed, device=device,
+                precision=prec, progress=progress))
     if "align_uniform" in cfg.protocols:
         out.update({"eval/au_pairs": cfg.au_pairs, "eval/au_alpha": 2.0, "eval/au_t": 2.0})
         timed("align_uniform", lambda: align_uniform_eval(

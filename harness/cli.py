@@ -83,17 +83,33 @@ def cmd_run(args) -> int:
     from harness.runner import load_suite, run_suite
 
     overrides = parse_overrides(args.overrides)
-    if args.seeds:
-        spec = load_suite(args.suite).__dict__
-        spec = {k: v for k, v in spec.items()}
-        spec["seeds"] = [int(s) for s in args.seeds.split(",")]
+    suite_spec = args.suite
+    if args.seeds or args.methods:
+        spec = dict(load_suite(args.suite).__dict__)
+        if args.seeds:
+            try:
+                spec["seeds"] = [int(s) for s in args.seeds.split(",")]
+            except ValueError:
+                raise SSLBenchError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from None
+        if args.methods:
+            spec["methods"] = _method_list(args.methods)
         suite_spec = spec
-    else:
-        suite_spec = args.suite
     run_suite(suite_spec, overrides, resume=args.resume)
     name = load_suite(suite_spec).name if isinstance(suite_spec, str) else suite_spec["name"]
     return _leaderboard(experiment=name, uri=overrides.get("tracking.uri"), out=args.out,
                         command="sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+
+
+def _method_list(text: str) -> list[str]:
+    """``--methods a,b,c`` (validated against the registry), or ``all`` for every registered method."""
+    from harness.registry import get_method, methods
+
+    if text.strip() == "all":
+        return list(methods())
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for n in names:
+        get_method(n)  # one-line error naming the valid choices
+    return names
 
 
 def _leaderboard(experiment: str | None, uri: str | None, out: str, dataset=None, backbone=None, budget=None,
@@ -281,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run of the suite")
     sp.add_argument("--resume", action="store_true", help="skip finished runs and continue interrupted ones")
     sp.add_argument("--seeds", help="comma-separated seeds, replacing the suite's")
+    sp.add_argument("--methods", help="comma-separated methods (or 'all'), replacing the suite's list; the "
+                                      "suite's per-method settings still apply")
     sp.add_argument("--out", default="results", help="where leaderboards are written (default: results/)")
 
     sp = add("leaderboard", "print and write leaderboards (Markdown, CSV, HTML, PNG) from the MLflow store", cmd_leaderboard,

@@ -53,6 +53,7 @@ class OptimConfig:
     lr: float | None = None              # None: the method's default base LR scaled by batch/256
     weight_decay: float | None = None    # None: the method's default
     momentum: float = 0.9
+    lars_eta: float = field(default=0.001, metadata={"min": 0, "max": 1})  # LARS trust coefficient
     batch_size: int = positive(256)
     warmup: float = field(default=0.05, metadata={"min": 0, "max": 1})  # fraction of progress
     grad_clip: float | None = None       # max global grad norm; None = off
@@ -85,6 +86,8 @@ class EvalConfig:
     au_pairs: int = positive(4096)
     finetune_steps: int = positive(300)  # fine-tuning budget (steps of finetune_batch_size), per grid point
     finetune_batch_size: int = positive(256)
+    semisup_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])  # SimCLR v2 protocol's label fractions
+    distill_temperature: float = positive(1.0)
 
 
 @dataclass
@@ -109,7 +112,7 @@ class RunConfig:
     method_cfg: dict[str, Any] = field(default_factory=dict)  # the method's own Config keys
 
 
-PROTOCOLS = ("knn", "linear", "align_uniform", "linear_lbfgs", "finetune")
+PROTOCOLS = ("knn", "linear", "align_uniform", "linear_lbfgs", "finetune", "semisup")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -168,6 +171,11 @@ def _type_ok(tp, value) -> tuple[bool, Any]:
             return False, value
         if isinstance(value, (int, float)):
             return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
         return False, value
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -22,7 +22,11 @@ COLUMNS: list[tuple[str, str, bool]] = [  # metric, header, higher is better
     ("knn/top1@20", "kNN@20", True),
     ("knn/top1@200", "kNN@200", True),
     ("linear/top1", "linear", True),
+    ("linear@1%/top1", "linear 1%", True),
+    ("linear@10%/top1", "linear 10%", True),
     ("finetune/top1", "fine-tune", True),
+    ("semisup@1%/top1", "semi-sup 1%", True),
+    ("semisup@10%/top1", "semi-sup 10%", True),
     ("align", "align", False),
     ("uniform", "uniform", False),
     ("pretrain/throughput", "img/s", True),
@@ -45,7 +49,11 @@ def ci95(values) -> tuple[float, float, int]:
 
 
 def _protocol_key(row: pd.Series) -> str:
-    knobs = sorted((k, str(v)) for k, v in row.items() if k.startswith("params.eval.") and isinstance(v, str))
+    """A short hash of the evaluation knobs the evaluator logged for this run (``eval/...`` params:
+    the protocols run and their settings; not the seed), so runs scored differently never share
+    a column, while config keys of protocols that did not run do not split tables."""
+    knobs = sorted((k, str(v)) for k, v in row.items()
+                   if k.startswith("params.eval/") and k != "params.eval/seed" and isinstance(v, str))
     return hashlib.sha1(repr(knobs).encode()).hexdigest()[:8]
 
 

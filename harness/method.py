@@ -76,6 +76,9 @@ class Method(nn.Module):
     weight_decay: ClassVar[float] = 1e-4
     optimizer: ClassVar[str] = "sgd"
     uses_labels: ClassVar[bool] = False  # True only for baselines (the supervised row); SSL methods never see labels
+    # under DDP, BatchNorm statistics run over the global batch (harness.distributed.GlobalBatchNorm),
+    # as SimCLR/BYOL/SwAV/Barlow Twins/MoCo v3 do; False keeps per-process BN (MoCo v1/v2's shuffled BN)
+    global_bn: ClassVar[bool] = True
 
     def __init__(self, backbone: nn.Module, cfg: Any, info: DataInfo):
         super().__init__()

@@ -39,7 +39,8 @@ class LARS(torch.optim.Optimizer):
                 p.add_(st["mu"], alpha=-group["lr"])
 
 
-def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float):
+def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: float, momentum: float,
+                    lars_eta: float = 0.001):
     for g in groups:
         g.setdefault("weight_decay", weight_decay)
         g["base_lr_scale"] = g.get("base_lr_scale", 1.0)
@@ -48,7 +49,7 @@ def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: floa
             g.pop("lars_exclude", None)
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
     if name == "adamw":
         for g in groups:
             g.pop("lars_exclude", None)

@@ -143,13 +143,17 @@ class Trainer:
         if dist.is_distributed():
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            if type(self.method).global_bn and self.world > 1:
+                dist.convert_to_global_bn(self.method)
+
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              find_unused_parameters=False)
         cls = type(self.method)
         self.opt_name = cfg.optim.name
         self.base_lr = (cfg.optim.lr if cfg.optim.lr is not None else cls.base_lr * cfg.optim.batch_size / 256)
         wd = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else cls.weight_decay
-        self.optimizer = build_optimizer(self.opt_name, self.method.param_groups(), self.base_lr, wd, cfg.optim.momentum)
+        self.optimizer = build_optimizer(self.opt_name, self.method.param_groups(), self.base_lr, wd, cfg.optim.momentum,
+                                         lars_eta=cfg.optim.lars_eta)
         self.total = total_steps(cfg, len(dataset.x_train))
         self.step = 0
         self.elapsed = 0.0
@@ -224,15 +228,19 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 # a group flagged fixed_lr keeps its base LR: no warm-up, no decay (SimSiam's predictor)
                 g["lr"] = self.base_lr * (1.0 if g.get("fixed_lr") else lr_factor) * g.get("base_lr_scale", 1.0)
-            seed = _step_seed(cfg.seed, self.step, rank)
-            torch.manual_seed(seed)
-            gen = torch.Generator(device=self.device).manual_seed(seed)
+            # views come from one generator shared by every process: each process augments the whole
+            # global batch and keeps its slice, so N processes see exactly the views one process would
+            # (augmenting is ~0.4% of a step); torch's global RNG (dropout, drop-path) stays per process
+            torch.manual_seed(_step_seed(cfg.seed, self.step, rank))
+            gen = torch.Generator(device=self.device).manual_seed(_step_seed(cfg.seed, self.step, 0))
             spe = steps_per_epoch(n, cfg.optim.batch_size, cfg.train.max_steps_per_epoch)
             epoch, i = divmod(self.step, spe)
             idx = batch_indices(n, cfg.optim.batch_size, epoch * max(1, n // cfg.optim.batch_size) + i, cfg.seed)
-            idx = idx[rank * bs_local : (rank + 1) * bs_local]
             x = x_all[idx].to(self.device, non_blocking=True)
             views = self.recipe(x, gen, self.ds.mean, self.ds.std)
+            if self.world > 1:
+                lo, hi = rank * bs_local, (rank + 1) * bs_local
+                idx, views = idx[lo:hi], views.slice(lo, hi)
             if self.channels_last:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
             info = StepInfo(self.step, p, self.total, gen)
@@ -240,9 +248,12 @@ class Trainer:
                 labels = self.ds.y_train[idx].to(self.device) if self.uses_labels else None
                 out = self.model(Batch(views, idx.to(self.device), labels), info)
             loss = out["loss"]
-            if not torch.isfinite(loss):
+            # the global batch's loss (the mean over processes: losses are means over each process's
+            # share); every process sees the same value, so all stop together on a NaN
+            global_loss = dist.all_reduce_mean(loss.detach().float()) if self.world > 1 else loss.detach()
+            if not torch.isfinite(global_loss):
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {self.step} ({cfg.method}, lr {self.base_lr * lr_factor:.3g}); "
+                    f"loss became {global_loss.item()} at step {self.step} ({cfg.method}, lr {self.base_lr * lr_factor:.3g}); "
                     "the run is marked FAILED: lower optim.lr, set optim.grad_clip, or use train.precision=fp32"
                 )
             self.optimizer.zero_grad(set_to_none=True)
@@ -254,7 +265,7 @@ class Trainer:
             self.step += 1
             dt = time.perf_counter() - t0
             self.elapsed += dt
-            self.last_loss = float(loss.detach())
+            self.last_loss = float(global_loss)
             if self.step % log_every == 0 or self.step == 1:
                 metrics = {"train/loss": self.last_loss, "train/lr": self.base_lr * lr_factor,
                            "train/progress": self.progress()}

@@ -44,6 +44,11 @@ class Views:
     flipped: list[torch.Tensor]       # per view (B,) bool
     source: torch.Tensor | None = None  # the normalised un-augmented batch, for methods that need it
 
+    def slice(self, start: int, stop: int) -> "Views":
+        """Rows ``start:stop`` of every view (a process's share of a global batch under DDP)."""
+        return Views([v[start:stop] for v in self.images], [b[start:stop] for b in self.boxes],
+                     [f[start:stop] for f in self.flipped], None if self.source is None else self.source[start:stop])
+
 
 @dataclass
 class ViewRecipe:

@@ -34,7 +34,7 @@ Paper defaults: 64 px patches, stride 32, K = 3 here (a knob), Adam. Small-image
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -50,8 +50,8 @@ from harness.views import ViewRecipe, ViewSpec
 
 @dataclass
 class CPCv2Config:
-    patch_size: int = 64
-    patch_stride: int = 32
+    patch_size: int = 64          # 0: half the image side (small images: a 3x3 grid)
+    patch_stride: int = 32        # 0: half the patch size
     pred_steps: int = 3           # K: predict 1..K rows below
     context_dim: int = 0          # width of the context network; 0 = the encoder's width
     context_layers: int = 3       # residual causal-conv blocks
@@ -140,6 +140,10 @@ class CPCv2(Method):
     optimizer = "adamw"
 
     def __init__(self, backbone, cfg: CPCv2Config, info):
+        if cfg.patch_size == 0:
+            cfg = replace(cfg, patch_size=max(2, info.image_size // 2))
+        if cfg.patch_stride == 0:
+            cfg = replace(cfg, patch_stride=max(1, cfg.patch_size // 2))
         super().__init__(backbone, cfg, info)
         if not is_convnet(backbone):
             raise ConfigError(f"{self.name} embeds image patches on their own: it needs a convolutional backbone "
@@ -152,8 +156,8 @@ class CPCv2(Method):
             raise ConfigError(
                 f"{self.name}: {cfg.patch_size} px patches with stride {cfg.patch_stride} give a {g}x{g} grid on "
                 f"{info.image_size} px images, too few rows to predict {cfg.pred_steps} rows ahead (needs images of at "
-                f"least {need} px); for 32 px images use method_cfg.patch_size=16 method_cfg.patch_stride=8 "
-                "method_cfg.pred_steps=2 (preset=small)")
+                f"least {need} px); for small images use method_cfg.patch_size=0 method_cfg.patch_stride=0 (half the image, "
+                "half the patch) and method_cfg.pred_steps=2 (preset=small)")
         self._check_patch_input(backbone, info.channels, cfg.patch_size)
         d = backbone.num_features
         hidden = cfg.context_dim or d

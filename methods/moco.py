@@ -115,6 +115,7 @@ class MoCo(Method):
     base_lr = 0.03
     weight_decay = 1e-4
     optimizer = "sgd"
+    global_bn = False  # per-process BN with shuffling (split BN on one process), as the paper
 
     def __init__(self, backbone, cfg: MoCoConfig, info):
         super().__init__(backbone, cfg, info)

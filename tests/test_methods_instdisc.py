@@ -64,3 +64,36 @@ def test_instdisc_bank_updated_at_batch_indices_and_checkpointed(synthetic, tmp_
     loaded, _, _ = load_trained_method(res.checkpoint)
     assert torch.equal(loaded.bank.features, after)
     assert torch.equal(loaded.log_z, m.log_z)
+
+
+def test_instdisc_exact_softmax_loss_equals_formula(synthetic, tmp_path):
+    """loss=softmax: L = -1/B sum_i log( exp(v_i.f_i/t) / sum_j exp(v_j.f_i/t) ) over the whole bank."""
+    cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
+                   "budget.value": 1, "optim.batch_size": 8, "train.progress": False, "train.precision": "fp32",
+                   "method_cfg.loss": "softmax", "method_cfg.temperature": 0.5})
+    m = Trainer(cfg, synthetic, tmp_path).method
+    from harness.method import Batch
+    from harness.views import Views
+
+    x = torch.randn(4, synthetic.channels, synthetic.image_size, synthetic.image_size)
+    idx = torch.tensor([3, 0, 7, 100])
+    m.eval()
+    out = m.training_step(Batch(views=Views(images=[x], boxes=[], flipped=[]), indices=idx), step=None)
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(m.projector_head(m.backbone(x)).float(), dim=1).numpy().astype(np.float64)
+    bank = m.bank.features.numpy().astype(np.float64)
+    expected = 0.0
+    for b, i in enumerate(idx.tolist()):
+        s = bank @ f[b] / 0.5
+        expected += -(s[i] - math.log(np.exp(s).sum()))
+    assert abs(out["loss"].item() - expected / 4) < 1e-4
+
+
+def test_instdisc_rejects_unknown_loss(synthetic, tmp_path):
+    import pytest
+
+    from harness.errors import ConfigError
+
+    cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "method_cfg.loss": "nce2"})
+    with pytest.raises(ConfigError, match="'nce' or 'softmax'"):
+        Trainer(cfg, synthetic, tmp_path)

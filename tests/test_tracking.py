@@ -45,6 +45,16 @@ def test_budgets_and_datasets_never_share_a_table():
     assert len(lb.build(pd.DataFrame(rows))) == 4
 
 
+def test_protocols_never_share_a_table_but_seeds_and_idle_config_keys_do():
+    base = {"params.method": "m", "params.backbone": "b", "params.data.name": "x", "params.budget.kind": "steps",
+            "params.budget.value": "10", "metrics.knn/top1@20": 1.0, "params.eval/knn_k": "10,20"}
+    rows = [{**base, "params.seed": "0", "params.eval/seed": "0"},
+            {**base, "params.seed": "1", "params.eval/seed": "1", "params.eval.semisup_fractions": "[0.01]"},
+            {**base, "params.seed": "0", "params.eval/knn_k": "20"}]
+    tables = lb.build(pd.DataFrame(rows))
+    assert sorted(int(t.frame["knn/top1@20/n"].sum()) for t in tables) == [1, 2]
+
+
 def test_single_seed_is_marked():
     assert lb._cell(50.0, float("nan"), 1, "knn/top1@20") == "50.0 (n=1)"
 

@@ -1,0 +1,60 @@
+"""Every built-in suite resolves, and every method of the all-method suites trains a step with the
+small preset on both kinds of data the suites use: 1-channel 28 px (Fashion-MNIST) and
+3-channel 32 px (CIFAR-10)."""
+
+import math
+
+import pytest
+
+from harness.config import CONFIG_DIR, resolve
+from harness.data import synthetic
+from harness.runner import load_suite, suite_configs
+from harness.trainer import Trainer
+
+SUITES = sorted(p.stem for p in (CONFIG_DIR / "suites").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_builtin_suites_resolve(name):
+    cfgs = suite_configs(load_suite(name), {})
+    assert cfgs and all(c.tracking.experiment == load_suite(name).name for c in cfgs)
+
+
+def _all_methods():
+    return load_suite("fashion_mnist_all").methods
+
+
+def test_all_method_suites_cover_every_registered_method():
+    from harness.registry import methods
+
+    assert set(_all_methods()) == set(methods())
+    assert set(load_suite("cifar10_cpu").methods) == set(methods())
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_every_method_trains_with_the_small_preset(channels, size, tmp_path):
+    ds = synthetic(n_train=64, n_test=16, image_size=size, channels=channels)
+    suite = load_suite("fashion_mnist_all")
+    failures = []
+    for m in suite.methods:
+        over = {**suite.common, **suite.per_method.get(m, {}), "method": m, "data.name": "synthetic",
+                "budget.kind": "steps", "budget.value": 1, "optim.batch_size": 32, "train.progress": False}
+        cfg = resolve(over)
+        try:
+            res = Trainer(cfg, ds, tmp_path / f"{m}-{channels}").fit()
+            if not math.isfinite(res.final_loss):
+                failures.append(f"{m}: loss {res.final_loss}")
+        except Exception as e:  # noqa: BLE001 - collect every method's failure in one report
+            failures.append(f"{m}: {type(e).__name__}: {e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_run_methods_option_selects_validates_and_expands_all():
+    from harness.cli import _method_list
+    from harness.errors import ConfigError
+    from harness.registry import methods
+
+    assert _method_list("simclr, byol") == ["simclr", "byol"]
+    assert _method_list("all") == list(methods())
+    with pytest.raises(ConfigError, match="unknown method 'simclx'.*valid choices"):
+        _method_list("simclr,simclx")
