@@ -131,3 +131,33 @@ def build_backbone(name: str, in_chans: int, img_size: int) -> nn.Module:
 
 def available() -> list[str]:
     return sorted(_BACKBONES)
+
+
+# ----------------------------------------------------------------------------- spatial feature maps (dense methods)
+
+
+def _is_timm_resnet(backbone: nn.Module) -> bool:
+    try:
+        from timm.models.resnet import ResNet
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(backbone, ResNet)
+
+
+def has_feature_map(backbone: nn.Module) -> bool:
+    return isinstance(backbone, ConvNet4) or _is_timm_resnet(backbone)
+
+
+def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's last spatial feature map (B, D, h, w), before global pooling.
+
+    Supported: ``ConvNet4`` (cnn4, cnn4_wide) and timm ResNets (resnet18_cifar, resnet50_cifar,
+    any timm ``resnet*``), via ``forward_features``. Anything else is refused: ViTs, and models
+    whose ``forward_features`` layout differs (e.g. channels-last Swin), would need their own rule.
+    """
+    if isinstance(backbone, ConvNet4):
+        return backbone.features(x)
+    if _is_timm_resnet(backbone):
+        return backbone.forward_features(x)
+    raise ConfigError(f"pixel-level methods need a backbone with a spatial feature map (cnn4, cnn4_wide, resnet18_cifar, "
+                      f"resnet50_cifar or a timm ResNet); got {type(backbone).__name__}")

@@ -306,6 +306,21 @@ def local_crop_size(image_size: int, requested: int = 0, multiple: int = 1) -> i
     return max(8, m, int(round(image_size * 96 / 224 / m)) * m)
 
 
+def setup_multi_crop(method: str, backbone: nn.Module, image_size: int, n_local: int, local_size: int = 0) -> int:
+    """Multi-crop set-up shared by SwAV, DINO and their kin: the local crops' side
+    (:func:`local_crop_size`, a multiple of a ViT's patch), checked against the image, and the
+    backbone made to accept both sides (:func:`enable_multi_crop`). Returns the local side."""
+    from harness.errors import ConfigError
+
+    patch = backbone.patch_embed.patch_size[0] if hasattr(backbone, "patch_embed") else 1
+    side = local_crop_size(image_size, local_size, patch)
+    if n_local and side > image_size:
+        raise ConfigError(f"{method}: local crops of {side} px exceed the {image_size} px images; "
+                          "lower method_cfg.local_size")
+    enable_multi_crop(backbone, [image_size] + ([side] if n_local else []))
+    return side
+
+
 def enable_multi_crop(backbone: nn.Module, sizes: list[int]) -> None:
     """Make ``backbone`` accept every input side in ``sizes`` (multi-crop).
 

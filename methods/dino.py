@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from harness.errors import ConfigError
 from harness.method import Method, Requirements
-from harness.nn import Centering, DINOHead, EMATeacher, enable_multi_crop, local_crop_size, momentum_schedule
+from harness.nn import Centering, DINOHead, EMATeacher, momentum_schedule, setup_multi_crop
 from harness.registry import register_method
 from harness.views import ViewRecipe
 from methods.losses import dino_loss
@@ -86,12 +86,7 @@ class DINO(Method):
                               f"{cfg.base_momentum}, {cfg.final_momentum}")
         if min(cfg.student_temp, cfg.teacher_temp, cfg.warmup_teacher_temp) <= 0 or cfg.n_local < 0:
             raise ConfigError("dino: temperatures must be > 0 and method_cfg.n_local >= 0")
-        patch = backbone.patch_embed.patch_size[0] if hasattr(backbone, "patch_embed") else 1
-        self.local_size = local_crop_size(info.image_size, cfg.local_size, patch)
-        if self.cfg.n_local and self.local_size > info.image_size:
-            raise ConfigError(f"dino: local crops of {self.local_size} px exceed the {info.image_size} px images; "
-                              "lower method_cfg.local_size")
-        enable_multi_crop(backbone, [info.image_size] + ([self.local_size] if cfg.n_local else []))
+        self.local_size = setup_multi_crop("dino", backbone, info.image_size, cfg.n_local, cfg.local_size)
         self.head = DINOHead(backbone.num_features, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                              cfg.head_layers, cfg.head_bn, cfg.norm_last_layer)
         self.teacher = EMATeacher(self._student())

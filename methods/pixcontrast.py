@@ -38,8 +38,9 @@ additional instance-level (BYOL) branch and the FPN head. The backbone must expo
 feature map (cnn4 / cnn4_wide / the timm ResNets, e.g. resnet18_cifar); others are refused
 before training. ``encoder()`` is the online backbone.
 
-Note: the geometry helpers (:func:`pixel_centres`, :func:`positive_mask`) belong with the crop
-boxes in ``harness.views``; they live here until that module takes them.
+The crop geometry (:func:`harness.views.positive_mask`) lives with the views' crop boxes, and
+the spatial feature map (:func:`harness.backbones.feature_map`) with the backbones, for every
+dense method to use.
 """
 
 from __future__ import annotations
@@ -50,80 +51,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.backbones import ConvNet4
+from harness.backbones import feature_map, has_feature_map  # noqa: F401  (re-exported)
 from harness.config import choices
 from harness.distributed import gather, rank
 from harness.errors import ConfigError
 from harness.method import Method, Requirements
 from harness.nn import EMATeacher, mlp, momentum_schedule
 from harness.registry import register_method
-from harness.views import ViewRecipe
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def pixel_centres(boxes: torch.Tensor, flipped: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Source-image (x, y) in [0, 1] of the centres of an h x w feature map's cells.
-
-    ``boxes`` (B, 4) are the views' crops (x0, y0, x1, y1) in [0, 1] source coordinates and
-    ``flipped`` (B,) their horizontal flips (``harness.views.Views``). Cell (r, c) covers
-    [c/w, (c+1)/w] x [r/h, (r+1)/h] of the view; a flipped view's column c shows source column
-    x1 - (c + 0.5)/w * (x1 - x0). Returns (B, h*w, 2), cells in row-major order.
-    """
-    boxes = boxes.float()
-    x0, y0, x1, y1 = boxes.unbind(1)
-    fx = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) / w
-    fy = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) / h
-    fx = torch.where(flipped.view(-1, 1).to(boxes.device), 1 - fx[None], fx[None])    # (B, w)
-    cx = x0[:, None] + fx * (x1 - x0)[:, None]                                         # (B, w)
-    cy = y0[:, None] + fy[None] * (y1 - y0)[:, None]                                   # (B, h)
-    b = boxes.shape[0]
-    return torch.stack([cx[:, None, :].expand(b, h, w), cy[:, :, None].expand(b, h, w)], dim=-1).reshape(b, h * w, 2)
-
-
-def cell_diagonal(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Length (in source coordinates) of the diagonal of one feature-map cell of each view (B,)."""
-    boxes = boxes.float()
-    return torch.sqrt(((boxes[:, 2] - boxes[:, 0]) / w) ** 2 + ((boxes[:, 3] - boxes[:, 1]) / h) ** 2)
-
-
-def positive_mask(boxes1: torch.Tensor, flipped1: torch.Tensor, boxes2: torch.Tensor, flipped2: torch.Tensor,
-                  h: int, w: int, threshold: float = 0.7) -> torch.Tensor:
-    """(B, h*w, h*w) bool: cell i of view 1 and cell j of view 2 lie closer than ``threshold``
-    cells in the source image, the distance divided by the larger of the two views' cell diagonals."""
-    d = torch.cdist(pixel_centres(boxes1, flipped1, h, w), pixel_centres(boxes2, flipped2, h, w))
-    norm = torch.maximum(cell_diagonal(boxes1, h, w), cell_diagonal(boxes2, h, w)).clamp_min(1e-12)
-    return d / norm[:, None, None] < threshold
-
-
-# ----------------------------------------------------------------------------- feature maps
-
-
-def _is_timm_resnet(backbone: nn.Module) -> bool:
-    try:
-        from timm.models.resnet import ResNet
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(backbone, ResNet)
-
-
-def has_feature_map(backbone: nn.Module) -> bool:
-    return isinstance(backbone, ConvNet4) or _is_timm_resnet(backbone)
-
-
-def feature_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The backbone's last spatial feature map (B, D, h, w), before global pooling.
-
-    Supported: ``ConvNet4`` (cnn4, cnn4_wide) and timm ResNets (resnet18_cifar, resnet50_cifar,
-    any timm ``resnet*``), via ``forward_features``. Anything else is refused: ViTs, and models
-    whose ``forward_features`` layout differs (e.g. channels-last Swin), would need their own rule.
-    """
-    if isinstance(backbone, ConvNet4):
-        return backbone.features(x)
-    if _is_timm_resnet(backbone):
-        return backbone.forward_features(x)
-    raise ConfigError(f"pixel-level methods need a backbone with a spatial feature map (cnn4, cnn4_wide, resnet18_cifar, "
-                      f"resnet50_cifar or a timm ResNet); got {type(backbone).__name__}")
+from harness.views import ViewRecipe, cell_diagonal, pixel_centres, positive_mask  # noqa: F401  (re-exported)
 
 
 class PixelEncoder(nn.Module):

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from harness.errors import ConfigError
 from harness.method import Method, Requirements
-from harness.nn import FeatureQueue, enable_multi_crop, frozen, local_crop_size, mlp, sinkhorn_knopp
+from harness.nn import FeatureQueue, frozen, mlp, setup_multi_crop, sinkhorn_knopp
 from harness.registry import register_method
 from harness.views import ViewRecipe
 from methods.losses import swav_loss
@@ -77,12 +77,7 @@ class SwAV(Method):
             raise ConfigError("swav: need method_cfg.n_prototypes >= 2, sinkhorn_iters >= 1, n_local >= 0, queue_size >= 0")
         if cfg.temperature <= 0 or cfg.epsilon <= 0:
             raise ConfigError("swav: method_cfg.temperature and method_cfg.epsilon must be > 0")
-        patch = backbone.patch_embed.patch_size[0] if hasattr(backbone, "patch_embed") else 1
-        self.local_size = local_crop_size(info.image_size, cfg.local_size, patch)
-        if cfg.n_local and self.local_size > info.image_size:
-            raise ConfigError(f"swav: local crops of {self.local_size} px exceed the {info.image_size} px images; "
-                              "lower method_cfg.local_size")
-        enable_multi_crop(backbone, [info.image_size] + ([self.local_size] if cfg.n_local else []))
+        self.local_size = setup_multi_crop("swav", backbone, info.image_size, cfg.n_local, cfg.local_size)
         self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=2)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.n_prototypes, bias=False)
         self._normalize_prototypes()
