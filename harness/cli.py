@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
              epilog=_config_keys_help())
     sp.add_argument("target", help="a checkpoint.pt written by 'sslbench pretrain', or a backbone name (e.g. cnn4, resnet18)")
     sp.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    sp.add_argument("--protocols", help="comma-separated subset of knn,linear,align_uniform")
+    sp.add_argument("--protocols", help="comma-separated protocols: knn, linear, align_uniform (the default three), "
+                                          "linear_lbfgs, finetune, semisup (SimCLR v2 fine-tune + distil on label fractions)")
 
     sp = add("run", "run a suite (pretrain + evaluate several methods, plus random-init rows) and print the leaderboard",
              cmd_run, overrides=False)

@@ -163,8 +163,19 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
         run_id = json.loads(run_json.read_text()).get("run_id") if run_json.exists() else None
         encoder = method.encoder().to(device)
         metrics = evaluate_encoder(encoder, ds, cfg, device)
+        params = flatten(cfg)
         run = tracking.TrackedRun(cfg.tracking.experiment, run_name(cfg), cfg.tracking.uri, run_id=run_id,
-                                  params=flatten(cfg), tags=None if run_id else run_tags(cfg, device.type))
+                                  tags=None if run_id else run_tags(cfg, device.type))
+        changed = run.conflicting_params({**params, **{k: v for k, v in metrics.items() if k.startswith("eval/")
+                                                       and not k.startswith("eval/time/") and k != "eval/seed"}})
+        if changed:
+            # evaluated before under other knobs: the old record stays as it was; this is a new run
+            log(f"{run_name(cfg)}: evaluated before with other settings ({', '.join(changed[:3])}); "
+                f"logging a new run (tag evaluation_of={run_id})")
+            run.end("FINISHED")
+            run = run.fork(run_name(cfg), params, {"command": run_tags(cfg, device.type)["command"]})
+        else:
+            run.log_params(params)
         _log_eval(run, metrics, cfg)
         run.end("FINISHED")
         return {"run_id": run.run_id, "metrics": metrics}

@@ -162,6 +162,7 @@ class TrackedRun:
     def __init__(self, experiment: str, run_name: str, uri: str | None = None, run_id: str | None = None,
                  params: dict[str, Any] | None = None, tags: dict[str, str] | None = None):
         self.client, self.uri = client(uri)
+        self.experiment_name = experiment
         self.experiment_id = experiment_id(self.client, self.uri, experiment)
         if run_id:
             self.run_id = run_id
@@ -179,6 +180,21 @@ class TrackedRun:
         items = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def conflicting_params(self, params: dict[str, Any]) -> list[str]:
+        """Keys of ``params`` this run already holds with another value (MLflow params are immutable)."""
+        existing = self.client.get_run(self.run_id).data.params
+        return sorted(k for k, v in params.items() if k in existing and existing[k] != _param_value(v))
+
+    def fork(self, run_name: str, params: dict[str, Any], extra_tags: dict[str, str]) -> "TrackedRun":
+        """A new run in the same experiment carrying this run's tags, ``params`` and its ``pretrain/``
+        metrics: a re-evaluation under other knobs is a new record, never an edit of the old one."""
+        old = self.client.get_run(self.run_id).data
+        tags = {k: v for k, v in old.tags.items() if not k.startswith("mlflow.")}
+        new = TrackedRun(self.experiment_name, run_name, self.uri, params=params,
+                         tags={**tags, **extra_tags, "evaluation_of": self.run_id})
+        new.log_metrics({from_mlflow_key(k): v for k, v in old.metrics.items() if k.startswith("pretrain/")})
+        return new
 
     def set_tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -80,3 +80,29 @@ def test_default_store_is_sqlite_under_results(tmp_path, monkeypatch):
 def test_metric_names_roundtrip_through_mlflow_keys():
     for name, key in [("knn/top1@20", "knn/top1_k20"), ("linear@1%/top1", "linear_1pct/top1"), ("align", "align")]:
         assert tracking.to_mlflow_key(name) == key and tracking.from_mlflow_key(key) == name
+
+
+def test_reevaluation_with_other_knobs_is_a_new_run(tmp_path, monkeypatch):
+    """MLflow params are immutable: evaluating a checkpoint again with another protocol setting
+    must not attach new metrics to the old knobs; it logs a new run pointing at the old one."""
+    from harness import tracking
+    from harness.config import resolve
+    from harness.data import synthetic
+    from harness.runner import evaluate_target, pretrain
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ds = synthetic(n_train=128, n_test=64, image_size=16)
+    base = {"method": "simclr", "data.name": "synthetic", "budget.kind": "steps", "budget.value": 2,
+            "optim.batch_size": 32, "train.progress": False, "tracking.uri": uri, "out_dir": str(tmp_path / "runs"),
+            "eval.protocols": ["linear"], "eval.linear_epochs": 2}
+    first = pretrain(resolve(base), dataset=ds)
+    evaluate_target(first["checkpoint"], resolve(base), dataset=ds)          # same knobs: same run
+    again = evaluate_target(first["checkpoint"], resolve({**base, "eval.linear_epochs": 3}), dataset=ds)
+    runs = tracking.fetch_runs(None, uri=uri)
+    assert len(runs) == 2 and again["run_id"] != first["run_id"]
+    old = runs[runs["run_id"] == first["run_id"]].iloc[0]
+    new = runs[runs["run_id"] == again["run_id"]].iloc[0]
+    assert old["params.eval.linear_epochs"] == "2" and old["metrics.linear/top1"] == first["metrics"]["linear/top1"]
+    assert new["params.eval.linear_epochs"] == "3" and new["tags.evaluation_of"] == first["run_id"]
+    assert new["metrics.pretrain/steps"] == 2
