@@ -7,10 +7,12 @@ cosine schedule ``lr_t = lr * (1 + cos(pi t / T)) / 2``. On cached features the 
 uses the full TRAIN statistics, ``z = (x - mean) / sqrt(var + 1e-5)`` (the eval-mode BN of a
 full-batch pass), so it is computed once.
 
-Model selection never touches the test split: :func:`select_hparams` receives TRAIN features
-and labels only; it holds out a stratified, seeded fraction of them, trains one head per
-(lr, wd) of the grid (all heads at once, as one wide matrix), and keeps the best on the
-hold-out. :func:`linear_probe` then refits on all of TRAIN and reports test top-1 / top-5.
+Model selection never touches the test split: :func:`select_and_refit` receives TRAIN features
+and labels only. For every (lr, wd) of the grid it trains, in one pass and as one wide matrix, a
+selection head that never sees a stratified, seeded hold-out of TRAIN and a refit head that
+sees all of TRAIN; the selection heads' hold-out accuracy picks the pair, whose refit head is
+the probe (:func:`linear_probe` reports its test top-1 / top-5). :func:`select_hparams` is the
+selection alone.
 
 A second protocol, :func:`lbfgs_probe`, is multinomial logistic regression trained to
 convergence with L-BFGS (full batch), the protocol of Chen et al. 2020 (SimCLR, App. B.5)
@@ -96,7 +98,8 @@ def _threads(n: int):
 
 def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequence[float], wds: Sequence[float],
                 epochs: int = 30, batch_size: int = 1024, momentum: float = 0.9, seed: int = 0,
-                precision: str = "auto", threads: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                precision: str = "auto", threads: int = 1, hidden_rows: torch.Tensor | None = None,
+                blind_heads: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Train ``len(lrs)`` independent softmax heads at once by mini-batch SGD with a cosine schedule.
 
     Head h has learning rate ``lrs[h]`` and weight decay ``wds[h]``; all share the batches (one
@@ -105,6 +108,11 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     ``dL/dW = z^T (softmax(zW + b) - onehot(y)) / B + wd W``, so no autograd graph is built.
     With ``precision="auto"`` the two matmuls run in bf16 where the CPU has bf16 units (AMX /
     AVX512-BF16); weights, softmax and updates stay float32. Returns ``W`` (D, H, C), ``b`` (H, C).
+
+    ``hidden_rows`` (bool, N) with ``blind_heads = k``: the first k heads never see those rows (their
+    gradient is the mean over the batch's other rows), as if trained on the remaining rows alone;
+    the other heads see every row. :func:`select_and_refit` trains the hold-out selection heads
+    and the refit heads in this one pass.
     """
     n, d = z.shape
     h, c = len(lrs), num_classes
@@ -121,6 +129,8 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     total, step = epochs * per_epoch, 0
     perm = torch.randperm(n, generator=g)
     z, y = z.index_select(0, perm), y[perm]  # shuffled once; each epoch visits the batches in a new order
+    seen = None if hidden_rows is None or blind_heads == 0 else (~hidden_rows[perm]).float()
+    kc = blind_heads * c
     with _threads(threads):
         for _ in range(epochs):
             for s in torch.randperm(per_epoch, generator=g).tolist():
@@ -131,6 +141,9 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
                 p = p.div_(p.sum(-1, keepdim=True)).view(m, h * c)  # .softmax(-1) on a size-C dim)
                 p[torch.arange(m)[:, None], yy[:, None] + offs] -= 1.0
                 p /= m
+                if seen is not None:  # blind heads: mean over the rows they may see
+                    v = seen[s * batch_size:(s + 1) * batch_size]
+                    p[:, :kc] *= (v * (m / v.sum().clamp_min(1.0)))[:, None]
                 f = 0.5 * (1 + math.cos(math.pi * step / total)) * lr
                 vw.mul_(momentum).add_(torch.mm(p.to(dt).T, x).float().T).add_(w * wd)
                 vb.mul_(momentum).add_(p.sum(0))
@@ -174,6 +187,37 @@ def select_hparams(train_features: torch.Tensor, train_labels: torch.Tensor, num
         return grid[best][0], grid[best][1], scores
 
 
+def select_and_refit(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                     lrs: Sequence[float] = LR_GRID, wds: Sequence[float] = WD_GRID, holdout_fraction: float = 0.1,
+                     epochs: int = 30, batch_size: int = 1024, seed: int = 0, precision: str = "auto"):
+    """Hold-out selection and refit in ONE training pass over TRAIN (half the work of select, then refit).
+
+    For every (lr, wd) of the grid two heads train side by side on the same batches: a
+    *selection* head that never sees the stratified, seeded hold-out rows (:func:`stratified_split`;
+    its gradient is the mean over the batch's other rows) and a *refit* head that sees all of
+    TRAIN. The selection heads' hold-out top-1 picks the pair (ties to the earlier grid entry);
+    its refit head is the probe. Both standardise with the full-TRAIN statistics (unlabelled
+    feature moments; no label of a hold-out row reaches a selection head). TRAIN only, by construction.
+    Returns (std, W (D, C), b (C), lr, wd, hold-out top-1 per pair).
+    """
+    y = torch.as_tensor(train_labels).long()
+    _, held = stratified_split(y, holdout_fraction, seed)
+    hidden = torch.zeros(len(y), dtype=torch.bool)
+    hidden[held] = True
+    std = Standardizer.fit(train_features)
+    z = std(train_features)
+    grid = [(lr, wd) for lr in lrs for wd in wds]
+    g = len(grid)
+    heads_lr = [p[0] for p in grid] * 2
+    heads_wd = [p[1] for p in grid] * 2
+    w, b = train_heads(z, y, num_classes, heads_lr, heads_wd, epochs, batch_size, seed=seed, precision=precision,
+                       hidden_rows=hidden, blind_heads=g)
+    acc = (_logits(z[held], w[:, :g], b[:g]).argmax(-1) == y[held][:, None]).double().mean(0) * 100
+    scores = {p: float(a) for p, a in zip(grid, acc)}
+    best = max(range(g), key=lambda i: (acc[i].item(), -i))
+    return std, w[:, g + best], b[g + best], grid[best][0], grid[best][1], scores
+
+
 def head_module(std: Standardizer, w: torch.Tensor, b: torch.Tensor) -> nn.Sequential:
     """The fitted probe as ``BatchNorm1d(affine=False) + Linear`` (BN in eval mode holds the TRAIN stats)."""
     d, c = w.shape
@@ -205,10 +249,8 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         if label_fraction < 1:
             sub = label_fraction_subset(y, label_fraction, seed)
             x, y = x[sub], y[sub]
-        lr, wd, _ = select_hparams(x, y, c, lrs, wds, holdout_fraction, epochs, batch_size, seed, precision)
-        std = Standardizer.fit(x)
-        w, b = train_heads(std(x), y, c, [lr], [wd], epochs, batch_size, seed=seed + 1, precision=precision)
-        top1, top5 = topk_accuracy(_logits(std(test_features), w, b)[:, 0], yt)
+        std, w, b, lr, wd, _ = select_and_refit(x, y, c, lrs, wds, holdout_fraction, epochs, batch_size, seed, precision)
+        top1, top5 = topk_accuracy(torch.addmm(b, std(test_features), w), yt)
         return {f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/lr": lr, f"{prefix}/wd": wd}
 
 

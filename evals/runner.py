@@ -75,6 +75,7 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
                                       device=device))
     if "linear" in cfg.protocols:
         out.update({"eval/linear_epochs": cfg.linear_epochs, "eval/holdout_fraction": cfg.holdout_fraction,
+                    "eval/linear_version": "2 (selection and refit heads in one pass)",
                     "eval/linear_lr_grid": ",".join(map(str, LR_GRID)), "eval/linear_wd_grid": ",".join(map(str, WD_GRID))})
         for frac in [1.0, *label_fractions]:
             prefix = "linear" if frac >= 1 else f"linear@{frac * 100:g}%"

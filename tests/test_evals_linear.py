@@ -7,6 +7,7 @@ from evals.linear import (
     label_fraction_subset,
     lbfgs_probe,
     linear_probe,
+    select_and_refit,
     select_hparams,
     stratified_split,
     train_heads,
@@ -58,8 +59,9 @@ def test_selection_never_sees_test_labels():
     assert (a["linear/lr"], a["linear/wd"]) == (b["linear/lr"], b["linear/wd"]) == (c["linear/lr"], c["linear/wd"])
     assert a["linear/top1"] != b["linear/top1"]  # the test labels do matter for the reported score
     # the selection function's signature takes training data only
-    lr, wd, scores = select_hparams(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5)
+    _, _, _, lr, wd, scores = select_and_refit(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5)
     assert (lr, wd) == (a["linear/lr"], a["linear/wd"]) and len(scores) == 4
+    assert len(select_hparams(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5)[2]) == 4
     lb1 = lbfgs_probe(xtr, ytr, xte, yte, 5, max_iter=30)
     lb2 = lbfgs_probe(xtr, ytr, xte, garbage, 5, max_iter=30)
     assert lb1["linear_lbfgs/wd"] == lb2["linear_lbfgs/wd"]
@@ -89,3 +91,25 @@ def test_label_fraction_probe_and_head_module():
     head = head_module(std, w[:, 0], b[0])
     assert isinstance(head[0], torch.nn.BatchNorm1d) and not head[0].affine
     torch.testing.assert_close(head(xte), std(xte) @ w[:, 0] + b[0], atol=1e-4, rtol=1e-4)
+
+
+def test_blind_heads_never_see_hidden_rows_labels():
+    """In the one-pass selection + refit, the selection heads' weights do not depend on the labels
+    of the hold-out rows at all (bitwise), while the refit heads' do."""
+    xtr, ytr = clusters(600, seed=7)
+    hidden = torch.zeros(600, dtype=torch.bool)
+    hidden[::5] = True
+    y2 = ytr.clone()
+    y2[hidden] = (y2[hidden] + 1) % 5
+    z = Standardizer.fit(xtr)(xtr)
+    kw = dict(epochs=3, batch_size=64, precision="fp32", hidden_rows=hidden, blind_heads=2)
+    w1, b1 = train_heads(z, ytr, 5, [0.1, 0.3, 0.1, 0.3], [0.0] * 4, **kw)
+    w2, b2 = train_heads(z, y2, 5, [0.1, 0.3, 0.1, 0.3], [0.0] * 4, **kw)
+    assert torch.equal(w1[:, :2], w2[:, :2]) and torch.equal(b1[:2], b2[:2])
+    assert not torch.equal(w1[:, 2:], w2[:, 2:])
+    # a blind head trained with every row hidden but the visible ones learns from those rows only:
+    # same as the same head with the hidden rows' features zeroed AND their labels changed
+    z0 = z.clone()
+    z0[hidden] = 0.0
+    w3, _ = train_heads(z0, y2, 5, [0.1, 0.3, 0.1, 0.3], [0.0] * 4, **kw)
+    torch.testing.assert_close(w3[:, :2], w1[:, :2])
