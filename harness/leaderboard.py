@@ -203,7 +203,59 @@ def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = ""
         html.append(pd.DataFrame(rows, columns=headers).to_html(index=False, escape=True))
     paths[2].write_text("\n".join(html))
     paths += plot(tables, out, stem)
+    paths += plot_budget_curves(tables, out, stem)
     return paths
+
+
+def _budget_value(budget: str) -> tuple[str, float] | None:
+    kind, _, value = budget.partition("=")
+    try:
+        return kind, float(value)
+    except ValueError:
+        return None
+
+
+def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = "knn/top1@20") -> list[Path]:
+    """Accuracy vs budget, one line per (method, backbone) with 95% CI bars, for every (dataset,
+    protocol, budget kind) measured at two or more budgets; random-init rows are a dashed floor.
+    Writes ``{stem}-budget.png`` (one panel per group); nothing when no group has two budgets."""
+    groups: dict[tuple[str, str, str], list[tuple[float, Table]]] = {}
+    for t in tables:
+        bv = _budget_value(t.budget)
+        if bv is not None:
+            groups.setdefault((t.dataset, t.protocol, bv[0]), []).append((bv[1], t))
+    groups = {k: sorted(v, key=lambda x: x[0]) for k, v in groups.items() if len(v) >= 2}
+    if not groups:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
+    for ax, ((ds, proto, kind), items) in zip(axes[0], sorted(groups.items())):
+        lines: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for value, t in items:
+            for _, r in t.frame.iterrows():
+                if r[f"{metric}/n"] > 0:
+                    lines.setdefault((r["method"], r["backbone"]), []).append((value, r[f"{metric}/mean"], r[f"{metric}/ci"]))
+        for (method, bb), pts in sorted(lines.items()):
+            x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+            if method == RANDOM_INIT:
+                ax.axhline(np.nanmean(y), linestyle="--", color="grey", linewidth=1)
+                ax.annotate(f"random init ({bb})", (x.min(), np.nanmean(y)), fontsize=8, color="grey")
+                continue
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), marker="o", capsize=3, label=f"{method} ({bb})")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"budget ({kind})")
+        ax.set_ylabel(f"{metric} top-1 (%)")
+        ax.set_title(f"{ds}, protocol {proto}: accuracy vs budget")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = out / f"{stem}-budget.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
 
 
 def plot(tables: list[Table], out: Path, stem: str) -> list[Path]:

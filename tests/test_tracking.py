@@ -106,3 +106,18 @@ def test_reevaluation_with_other_knobs_is_a_new_run(tmp_path, monkeypatch):
     assert old["params.eval.linear_epochs"] == "2" and old["metrics.linear/top1"] == first["metrics"]["linear/top1"]
     assert new["params.eval.linear_epochs"] == "3" and new["tags.evaluation_of"] == first["run_id"]
     assert new["metrics.pretrain/steps"] == 2
+
+
+def test_budget_curves_plot_when_a_method_has_several_budgets(tmp_path):
+    rows = []
+    for budget, acc in ((10, 40.0), (20, 45.0), (40, 50.0)):
+        for seed in (0, 1):
+            rows.append({"params.method": "m", "params.backbone": "b", "params.data.name": "x", "params.budget.kind": "steps",
+                         "params.budget.value": str(budget), "params.seed": str(seed), "metrics.knn/top1@20": acc + seed})
+    rows.append({"params.method": "random_init", "params.backbone": "b", "params.data.name": "x", "params.seed": "0",
+                 "metrics.knn/top1@20": 30.0})
+    tables = lb.build(pd.DataFrame(rows))
+    assert len(tables) == 3
+    paths = lb.write(tables, tmp_path, "lb")
+    assert (tmp_path / "lb-budget.png") in paths and (tmp_path / "lb-budget.png").stat().st_size > 10_000
+    assert lb.plot_budget_curves(tables[:1], tmp_path, "one") == []  # one budget: no curve
