@@ -43,8 +43,8 @@ class DataConfig:
 class BudgetConfig:
     """Exactly one budget per run; schedules are functions of progress in [0, 1]."""
 
-    kind: str = choices("epochs", "steps", "samples", "seconds", default="seconds")
-    value: float = positive(60.0)
+    kind: str = choices("epochs", "steps", "samples", "seconds", "flops", default="seconds")
+    value: float = positive(60.0)   # flops: training FLOPs (forward + backward, all processes), e.g. 2e15
 
 
 @dataclass

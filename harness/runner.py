@@ -30,6 +30,8 @@ RANDOM_INIT = "random_init"
 
 def budget_label(cfg: RunConfig) -> str:
     v = cfg.budget.value
+    if cfg.budget.kind == "flops":
+        return f"{v:.3g}flops".replace("+", "")
     return f"{int(v) if float(v).is_integer() else v}{ {'seconds': 's', 'steps': 'steps', 'epochs': 'ep', 'samples': 'img'}[cfg.budget.kind] }"
 
 
@@ -134,6 +136,9 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
     run.log_metrics({"pretrain/throughput": result.throughput, "pretrain/seconds": result.seconds,
                      "pretrain/steps": result.steps, "pretrain/images": result.images,
                      "pretrain/final_loss": result.final_loss}, step=result.steps)
+    if trainer.flops_per_step:
+        run.log_metrics({"pretrain/flops_per_step": trainer.flops_per_step,
+                         "pretrain/flops": trainer.flops_per_step * result.steps}, step=result.steps)
     run.set_tags({"precision": result.precision, "channels_last": str(result.channels_last),
                   "view_notes": "; ".join(result.notes) or "none"})
     run.log_dict(to_dict(cfg), "config.json")

@@ -82,7 +82,7 @@ def total_steps(cfg: RunConfig, n_train: int) -> int | None:
         return max(1, math.ceil(b.value * steps_per_epoch(n_train, bs, cfg.train.max_steps_per_epoch)))
     if b.kind == "samples":
         return max(1, math.ceil(b.value / bs))
-    return None  # seconds
+    return None  # seconds; flops (known after the first step is measured)
 
 
 @dataclass
@@ -155,6 +155,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.opt_name, self.method.param_groups(), self.base_lr, wd, cfg.optim.momentum,
                                          lars_eta=cfg.optim.lars_eta)
         self.total = total_steps(cfg, len(dataset.x_train))
+        self.flops_per_step: float | None = None   # flops budgets: measured on the first step
         self.step = 0
         self.elapsed = 0.0
         self.last_loss = float("nan")
@@ -170,6 +171,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "finished": finished,
             "last_loss": self.last_loss,
+            "flops_per_step": self.flops_per_step,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
             "config": to_dict(self.cfg),
@@ -189,6 +191,8 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.last_loss = float(state.get("last_loss", float("nan")))
+        if state.get("flops_per_step"):
+            self._set_flops_per_step(float(state["flops_per_step"]))
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self, finished: bool = False) -> None:
@@ -199,7 +203,14 @@ class Trainer:
     def progress(self) -> float:
         if self.total is not None:
             return self.step / self.total
+        if self.cfg.budget.kind == "flops":
+            return 0.0  # before the first step is measured
         return self.elapsed / self.cfg.budget.value
+
+    def _set_flops_per_step(self, flops: float) -> None:
+        """A flops budget becomes a step count: floor(budget / FLOPs of one step), at least 1."""
+        self.flops_per_step = flops
+        self.total = max(1, int(self.cfg.budget.value // max(flops, 1.0)))
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Train until the budget is spent (or, for tests and preemption drills, until step ``stop_after``)."""
@@ -244,6 +255,12 @@ class Trainer:
             if self.channels_last:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
             info = StepInfo(self.step, p, self.total, gen)
+            counter = None
+            if cfg.budget.kind == "flops" and self.flops_per_step is None:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                counter = FlopCounterMode(display=False)  # counts this step's forward and backward
+                counter.__enter__()
             with amp:
                 labels = self.ds.y_train[idx].to(self.device) if self.uses_labels else None
                 out = self.model(Batch(views, idx.to(self.device), labels), info)
@@ -258,6 +275,12 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if counter is not None:
+                counter.__exit__(None, None, None)
+                self._set_flops_per_step(float(counter.get_total_flops()) * self.world)
+                if bar is not None:
+                    bar.close()
+                    bar = self._bar()
             if cfg.optim.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()

@@ -128,3 +128,21 @@ def test_seconds_budget_progress_bar_survives_a_long_last_step(synthetic, tmp_pa
     tr._bar_update(bar, 32, 1.7)  # overshoots the 1 s budget
     assert bar.n == pytest.approx(1.0)
     bar.close()
+
+
+def test_flops_budget_measures_the_first_step_and_runs_floor_budget_over_step_flops(synthetic, tmp_path):
+    from harness.config import resolve
+    from harness.runner import budget_label
+    from harness.trainer import Trainer
+
+    base = {"method": "simclr", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,
+            "train.progress": False, "train.precision": "fp32", "budget.kind": "flops"}
+    tr = Trainer(resolve({**base, "budget.value": 1.0}), synthetic, tmp_path / "a")
+    assert tr.fit().steps == 1                      # less than one step's FLOPs: one step
+    fps = tr.flops_per_step
+    assert fps > 1e8                                # cnn4 forward + backward on 2 x 32 views of 16 px
+    cfg = resolve({**base, "budget.value": 3.5 * fps})
+    tr2 = Trainer(cfg, synthetic, tmp_path / "b")
+    res = tr2.fit()
+    assert res.steps == 3 and tr2.flops_per_step == fps and tr2.progress() == 1.0
+    assert budget_label(cfg).endswith("flops") and "+" not in budget_label(cfg)
