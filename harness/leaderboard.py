@@ -76,6 +76,12 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
     df["dataset"] = df["params.data.name"]
     df["budget"] = df["params.budget.kind"].astype(str) + "=" + df["params.budget.value"].astype(str)
     df["protocol"] = df.apply(_protocol_key, axis=1)
+    # one record per run: a rerun or a re-evaluation (a new MLflow run under the same run
+    # identity, possibly with other protocol knobs) supersedes the older ones; MLflow keeps them
+    if "start_time" in df:
+        df = df.sort_values("start_time", kind="stable")
+    ident = [c for c in ("experiment",) if c in df] + ["params.method", "params.backbone", "dataset", "budget", "params.seed"]
+    df = df.drop_duplicates(ident, keep="last")
     if dataset:
         df = df[df["dataset"] == dataset]
     if backbone:

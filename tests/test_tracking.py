@@ -50,9 +50,20 @@ def test_protocols_never_share_a_table_but_seeds_and_idle_config_keys_do():
             "params.budget.value": "10", "metrics.knn/top1@20": 1.0, "params.eval/knn_k": "10,20"}
     rows = [{**base, "params.seed": "0", "params.eval/seed": "0"},
             {**base, "params.seed": "1", "params.eval/seed": "1", "params.eval.semisup_fractions": "[0.01]"},
-            {**base, "params.seed": "0", "params.eval/knn_k": "20"}]
+            {**base, "params.seed": "2", "params.eval/knn_k": "20"}]
     tables = lb.build(pd.DataFrame(rows))
     assert sorted(int(t.frame["knn/top1@20/n"].sum()) for t in tables) == [1, 2]
+
+
+def test_newest_record_of_a_run_supersedes_older_ones_across_protocols():
+    base = {"params.method": "m", "params.backbone": "b", "params.data.name": "x", "params.budget.kind": "steps",
+            "params.budget.value": "10", "params.seed": "0", "experiment": "e"}
+    rows = [{**base, "start_time": 1, "params.eval/linear_epochs": "30", "metrics.linear/top1": 50.0},
+            {**base, "start_time": 2, "params.eval/linear_epochs": "10", "metrics.linear/top1": 52.0},
+            {**base, "start_time": 3, "experiment": "other", "params.eval/linear_epochs": "30", "metrics.linear/top1": 40.0}]
+    tables = lb.build(pd.DataFrame(rows))
+    got = sorted(float(t.frame["linear/top1/mean"].iloc[0]) for t in tables)
+    assert got == [40.0, 52.0]  # the older evaluation (50.0) of the same run is gone; other experiments stay
 
 
 def test_single_seed_is_marked():
