@@ -271,6 +271,9 @@ class MemoryBank(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("features", F.normalize(torch.randn(size, dim, generator=g), dim=1))
+        # which entries hold a feature yet (the rest are the random initial vectors); the first
+        # write to an entry replaces it instead of averaging with noise
+        self.register_buffer("filled", torch.zeros(size, dtype=torch.bool))
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -280,11 +283,14 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, feats: torch.Tensor, momentum: float) -> None:
-        """v_i <- normalise(m * v_i + (1 - m) * f_i) for each index i (indices unique)."""
+        """v_i <- normalise(m * v_i + (1 - m) * f_i) for each index i (indices unique); the first
+        write to an entry sets v_i <- normalise(f_i)."""
         f = feats.detach().to(self.features.dtype)
         indices = indices.to(self.features.device)
-        new = F.normalize(momentum * self.features[indices] + (1 - momentum) * f, dim=1)
+        m = torch.where(self.filled[indices], momentum, 0.0).to(f.dtype)[:, None]
+        new = F.normalize(m * self.features[indices] + (1 - m) * f, dim=1)
         self.features.index_copy_(0, indices, new)
+        self.filled[indices] = True
 
     def sample(self, shape, generator: torch.Generator | None = None) -> torch.Tensor:
         """Indices drawn uniformly over the bank (the noise distribution P_n = 1/N)."""

@@ -17,6 +17,11 @@ def test_memory_bank_updates_by_index_with_momentum():
     bank = MemoryBank(5, 2)
     init = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0], [0.6, 0.8]])
     bank.features.copy_(torch.tensor(init))
+    # the first write to an entry replaces the random initial vector
+    bank.update(torch.tensor([2]), torch.tensor([[0.0, 2.0]]), momentum=0.5)
+    assert np.allclose(bank.features[2].numpy(), [0.0, 1.0]) and bank.filled.tolist() == [False, False, True, False, False]
+    bank.features.copy_(torch.tensor(init))
+    bank.filled[:] = True  # from here on every entry holds a feature: momentum updates
     bank.update(torch.tensor([1, 4]), torch.tensor([[1.0, 0.0], [0.0, 1.0]]), momentum=0.5)
     # hand: row 1: .5 (0, 1) + .5 (1, 0) = (.5, .5) -> (1, 1)/sqrt2; row 4: (.3, .4) + (0, .5) = (.3, .9) -> /sqrt(.9)
     got = bank.features.numpy()
@@ -67,7 +72,8 @@ def test_instdisc_bank_updated_at_batch_indices_and_checkpointed(synthetic, tmp_
 
 
 def test_instdisc_exact_softmax_loss_equals_formula(synthetic, tmp_path):
-    """loss=softmax: L = -1/B sum_i log( exp(v_i.f_i/t) / sum_j exp(v_j.f_i/t) ) over the whole bank."""
+    """loss=softmax: L = -1/B sum_i log( exp(v_i.f_i/t) / sum_j exp(v_j.f_i/t) ) over the whole bank,
+    with v_i = f_i (own logit 1/t) for an image whose bank entry was never written."""
     cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
                    "budget.value": 1, "optim.batch_size": 8, "train.progress": False, "train.precision": "fp32",
                    "method_cfg.loss": "softmax", "method_cfg.temperature": 0.5})
@@ -77,6 +83,7 @@ def test_instdisc_exact_softmax_loss_equals_formula(synthetic, tmp_path):
 
     x = torch.randn(4, synthetic.channels, synthetic.image_size, synthetic.image_size)
     idx = torch.tensor([3, 0, 7, 100])
+    m.bank.filled[[3, 7]] = True   # 0 and 100: first visit
     m.eval()
     out = m.training_step(Batch(views=Views(images=[x], boxes=[], flipped=[]), indices=idx), step=None)
     with torch.no_grad():
@@ -85,6 +92,8 @@ def test_instdisc_exact_softmax_loss_equals_formula(synthetic, tmp_path):
     expected = 0.0
     for b, i in enumerate(idx.tolist()):
         s = bank @ f[b] / 0.5
+        if i in (0, 100):
+            s[i] = f[b] @ f[b] / 0.5
         expected += -(s[i] - math.log(np.exp(s).sum()))
     assert abs(out["loss"].item() - expected / 4) < 1e-4
 
