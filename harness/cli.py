@@ -356,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
+    if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check):
+        from harness.tracking import git_info
+
+        git_info()  # pin the commit this process's code came from, before any long work
     import signal
 
     def _terminate(signum, frame):  # SIGTERM (a scheduler, `kill`): mark runs KILLED, keep the last checkpoint

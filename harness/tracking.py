@@ -12,6 +12,7 @@ artifacts = the resolved config and the evaluation report.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -99,7 +100,11 @@ def _exp_artifacts(uri: str, name: str) -> str | None:
     return f"{root}/{name}" if root else None
 
 
+@functools.lru_cache(maxsize=1)
 def git_info() -> dict[str, str]:
+    """The commit and dirty flag of the checkout, read ONCE per process: a process runs the code it
+    imported at its start, so a suite that runs for an hour while someone commits keeps
+    reporting the commit it started from."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
