@@ -117,8 +117,9 @@ class InstDisc(Method):
         fresh = ~self.bank.filled[idx]
         v = torch.where(fresh[:, None], f.detach(), v)
         if self.cfg.loss == "softmax":
-            logits = f @ self.bank.features.t() / t              # (B, n): every instance is a class
-            own = (f * v).sum(dim=1) / t
+            with torch.autocast(f.device.type, enabled=False):   # float32 logits (bf16 is coarse at 1/t = 10)
+                logits = f @ self.bank.features.t().float() / t  # (B, n): every instance is a class
+            own = (f * v.float()).sum(dim=1) / t
             logits = logits.scatter(1, idx[:, None], own[:, None])
             loss = F.cross_entropy(logits, idx)
             self._pending = (idx, f.detach())
