@@ -11,8 +11,8 @@ Model selection never touches the test split: :func:`select_and_refit` receives 
 and labels only. For every (lr, wd) of the grid it trains, in one pass and as one wide matrix, a
 selection head that never sees a stratified, seeded hold-out of TRAIN and a refit head that
 sees all of TRAIN; the selection heads' hold-out accuracy picks the pair, whose refit head is
-the probe (:func:`linear_probe` reports its test top-1 / top-5). :func:`select_hparams` is the
-selection alone.
+the probe (:func:`linear_probe` reports its test top-1 / top-5). :func:`select_hparams` returns
+the selection alone.
 
 A second protocol, :func:`lbfgs_probe`, is multinomial logistic regression trained to
 convergence with L-BFGS (full batch), the protocol of Chen et al. 2020 (SimCLR, App. B.5)
@@ -170,21 +170,12 @@ def select_hparams(train_features: torch.Tensor, train_labels: torch.Tensor, num
                    lrs: Sequence[float] = LR_GRID, wds: Sequence[float] = WD_GRID, holdout_fraction: float = 0.1,
                    epochs: int = 30, batch_size: int = 1024, seed: int = 0,
                    precision: str = "auto") -> tuple[float, float, dict[tuple[float, float], float]]:
-    """Choose (lr, wd) on a stratified, seeded hold-out of the TRAIN split; returns (lr, wd, hold-out top-1 per pair).
-
-    Receives training data only, by construction. Ties go to the earlier grid entry.
-    """
+    """The (lr, wd) the probe selects on a stratified, seeded hold-out of the TRAIN split, with the
+    hold-out top-1 per pair (the selection half of :func:`select_and_refit`; TRAIN data only)."""
     with _threads(1):  # small, memory-bound ops: one thread is as fast and immune to busy cores
-        y = torch.as_tensor(train_labels).long()
-        keep, held = stratified_split(y, holdout_fraction, seed)
-        std = Standardizer.fit(train_features[keep])
-        grid = [(lr, wd) for lr in lrs for wd in wds]
-        w, b = train_heads(std(train_features[keep]), y[keep], num_classes, [p[0] for p in grid], [p[1] for p in grid],
-                           epochs, batch_size, seed=seed, precision=precision)
-        acc = (_logits(std(train_features[held]), w, b).argmax(-1) == y[held][:, None]).double().mean(0) * 100
-        scores = {p: float(a) for p, a in zip(grid, acc)}
-        best = max(range(len(grid)), key=lambda i: (acc[i].item(), -i))
-        return grid[best][0], grid[best][1], scores
+        *_, lr, wd, scores = select_and_refit(train_features, train_labels, num_classes, lrs, wds, holdout_fraction,
+                                              epochs, batch_size, seed, precision)
+    return lr, wd, scores
 
 
 def select_and_refit(train_features: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
@@ -236,7 +227,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                  holdout_fraction: float = 0.1, lrs: Sequence[float] = LR_GRID, wds: Sequence[float] = WD_GRID,
                  batch_size: int = 1024, label_fraction: float = 1.0, seed: int = 0,
                  precision: str = "auto", prefix: str = "linear") -> dict[str, float]:
-    """Select (lr, wd) on TRAIN (:func:`select_hparams`), refit on all of TRAIN, report test accuracy.
+    """Select (lr, wd) on TRAIN and refit on all of TRAIN (:func:`select_and_refit`), report test accuracy.
 
     Returns ``{prefix}/top1``, ``{prefix}/top5`` (percent), ``{prefix}/lr``, ``{prefix}/wd``.
     ``label_fraction < 1`` first restricts TRAIN to a stratified seeded subset (1%, 10% protocols).

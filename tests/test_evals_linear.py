@@ -61,7 +61,7 @@ def test_selection_never_sees_test_labels():
     # the selection function's signature takes training data only
     _, _, _, lr, wd, scores = select_and_refit(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5)
     assert (lr, wd) == (a["linear/lr"], a["linear/wd"]) and len(scores) == 4
-    assert len(select_hparams(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5)[2]) == 4
+    assert select_hparams(xtr, ytr, 5, (0.01, 0.3), (0.0, 1e-2), epochs=5) == (lr, wd, scores)
     lb1 = lbfgs_probe(xtr, ytr, xte, yte, 5, max_iter=30)
     lb2 = lbfgs_probe(xtr, ytr, xte, garbage, 5, max_iter=30)
     assert lb1["linear_lbfgs/wd"] == lb2["linear_lbfgs/wd"]
