@@ -98,12 +98,12 @@ def _threads(n: int):
 
 def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequence[float], wds: Sequence[float],
                 epochs: int = 30, batch_size: int = 1024, momentum: float = 0.9, seed: int = 0,
-                precision: str = "auto", threads: int = 1, hidden_rows: torch.Tensor | None = None,
+                precision: str = "auto", threads: int | None = None, hidden_rows: torch.Tensor | None = None,
                 blind_heads: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Train ``len(lrs)`` independent softmax heads at once by mini-batch SGD with a cosine schedule.
 
     Head h has learning rate ``lrs[h]`` and weight decay ``wds[h]``; all share the batches (one
-    (D, H*C) matrix). The rows are shuffled once (seeded) and every epoch visits the batches in a
+    (D, C*H) matrix). The rows are shuffled once (seeded) and every epoch visits the batches in a
     new random order: on a memory-bound CPU a per-epoch row shuffle would double the traffic. The gradient of the mean cross-entropy is analytic,
     ``dL/dW = z^T (softmax(zW + b) - onehot(y)) / B + wd W``, so no autograd graph is built.
     With ``precision="auto"`` the two matmuls run in bf16 where the CPU has bf16 units (AMX /
@@ -116,41 +116,49 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     """
     n, d = z.shape
     h, c = len(lrs), num_classes
+    hc = h * c
     dt = torch.bfloat16 if resolve_precision(precision, torch.device("cpu")) == "bf16" else torch.float32
-    z = z.to(dt).contiguous()
-    w = torch.zeros(d, h * c)
-    b = torch.zeros(h * c)
+    # columns are class-major, column k * H + j = class k of head j: the per-head softmax is then a
+    # softmax over dim 1 of a (B, C, H) view, which vectorises over the heads (a softmax over a
+    # size-C last dim is ~10x slower on a CPU)
+    w = torch.zeros(d, hc)
+    b = torch.zeros(hc)
     vw, vb = torch.zeros_like(w), torch.zeros_like(b)
-    lr = torch.tensor(lrs, dtype=torch.float32).repeat_interleave(c)
-    wd = torch.tensor(wds, dtype=torch.float32).repeat_interleave(c)
-    offs = torch.arange(h) * c
+    lr = torch.tensor(lrs, dtype=torch.float32).repeat(c)
+    wd = torch.tensor(wds, dtype=torch.float32).repeat(c)
     g = torch.Generator().manual_seed(seed)
     per_epoch = max(1, math.ceil(n / batch_size))
     total, step = epochs * per_epoch, 0
     perm = torch.randperm(n, generator=g)
-    z, y = z.index_select(0, perm), y[perm]  # shuffled once; each epoch visits the batches in a new order
+    z, y = z.to(dt).index_select(0, perm).contiguous(), y[perm]  # shuffled once; each epoch visits the batches in a new order
+    # where each row's label sits, for every head, in its batch's (B, C*H) matrix: the one-hot of
+    # softmax - onehot(y) is one index_add per step (row i is row i % B of its batch)
+    flat = ((torch.arange(n) % batch_size) * hc + y * h)[:, None] + torch.arange(h)[None, :]
+    minus_one = torch.full((batch_size * h,), -1.0)
     seen = None if hidden_rows is None or blind_heads == 0 else (~hidden_rows[perm]).float()
-    kc = blind_heads * c
-    with _threads(threads):
+    kb = blind_heads
+    with _threads(threads or torch.get_num_threads()):   # class-major heads: big enough ops for every core
         for _ in range(epochs):
             for s in torch.randperm(per_epoch, generator=g).tolist():
-                x, yy = z[s * batch_size:(s + 1) * batch_size], y[s * batch_size:(s + 1) * batch_size]
+                sl = slice(s * batch_size, (s + 1) * batch_size)
+                x = z[sl]
                 m = len(x)
-                logit = (x @ w.to(dt)).float().add_(b).view(m, h, c)
-                p = (logit - logit.amax(-1, keepdim=True)).exp_()  # softmax per head (faster than
-                p = p.div_(p.sum(-1, keepdim=True)).view(m, h * c)  # .softmax(-1) on a size-C dim)
-                p[torch.arange(m)[:, None], yy[:, None] + offs] -= 1.0
-                p /= m
-                if seen is not None:  # blind heads: mean over the rows they may see
-                    v = seen[s * batch_size:(s + 1) * batch_size]
-                    p[:, :kc] *= (v * (m / v.sum().clamp_min(1.0)))[:, None]
+                p = torch.softmax(torch.mm(x, w.to(dt)).float().add_(b).view(m, c, h), dim=1).view(m, hc)
+                p.view(-1).index_add_(0, flat[sl].reshape(-1), minus_one[:m * h])   # softmax - onehot(y)
+                scale = torch.full((c, h), 1.0 / m)   # mean over the batch's rows ...
+                if seen is not None:                  # ... the blind heads: over the rows they may see
+                    v = seen[sl]
+                    p.view(m, c, h)[:, :, :kb] *= v[:, None, None]
+                    scale[:, :kb] = 1.0 / max(float(v.sum()), 1.0)
+                scale = scale.view(hc)
                 f = 0.5 * (1 + math.cos(math.pi * step / total)) * lr
-                vw.mul_(momentum).add_(torch.mm(p.to(dt).T, x).float().T).add_(w * wd)
-                vb.mul_(momentum).add_(p.sum(0))
-                w.sub_(vw * f)
-                b.sub_(vb * f)
+                vw.mul_(momentum).addcmul_(torch.mm(x.T, p.to(dt)).float(), scale).addcmul_(w, wd)
+                vb.mul_(momentum).addcmul_(p.sum(0), scale)
+                w.addcmul_(vw, f, value=-1.0)
+                b.addcmul_(vb, f, value=-1.0)
                 step += 1
-    return w.view(d, h, c), b.view(h, c)
+    # (D, C, H) -> (D, H, C)
+    return w.view(d, c, h).transpose(1, 2).contiguous(), b.view(c, h).T.contiguous()
 
 
 def _logits(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -172,9 +180,8 @@ def select_hparams(train_features: torch.Tensor, train_labels: torch.Tensor, num
                    precision: str = "auto") -> tuple[float, float, dict[tuple[float, float], float]]:
     """The (lr, wd) the probe selects on a stratified, seeded hold-out of the TRAIN split, with the
     hold-out top-1 per pair (the selection half of :func:`select_and_refit`; TRAIN data only)."""
-    with _threads(1):  # small, memory-bound ops: one thread is as fast and immune to busy cores
-        *_, lr, wd, scores = select_and_refit(train_features, train_labels, num_classes, lrs, wds, holdout_fraction,
-                                              epochs, batch_size, seed, precision)
+    *_, lr, wd, scores = select_and_refit(train_features, train_labels, num_classes, lrs, wds, holdout_fraction,
+                                          epochs, batch_size, seed, precision)
     return lr, wd, scores
 
 
@@ -232,17 +239,16 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     Returns ``{prefix}/top1``, ``{prefix}/top5`` (percent), ``{prefix}/lr``, ``{prefix}/wd``.
     ``label_fraction < 1`` first restricts TRAIN to a stratified seeded subset (1%, 10% protocols).
     """
-    with _threads(1):
-        y = torch.as_tensor(train_labels).long()
-        yt = torch.as_tensor(test_labels).long()
-        c = int(num_classes or int(y.max()) + 1)
-        x = train_features.float()
-        if label_fraction < 1:
-            sub = label_fraction_subset(y, label_fraction, seed)
-            x, y = x[sub], y[sub]
-        std, w, b, lr, wd, _ = select_and_refit(x, y, c, lrs, wds, holdout_fraction, epochs, batch_size, seed, precision)
-        top1, top5 = topk_accuracy(torch.addmm(b, std(test_features), w), yt)
-        return {f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/lr": lr, f"{prefix}/wd": wd}
+    y = torch.as_tensor(train_labels).long()
+    yt = torch.as_tensor(test_labels).long()
+    c = int(num_classes or int(y.max()) + 1)
+    x = train_features.float()
+    if label_fraction < 1:
+        sub = label_fraction_subset(y, label_fraction, seed)
+        x, y = x[sub], y[sub]
+    std, w, b, lr, wd, _ = select_and_refit(x, y, c, lrs, wds, holdout_fraction, epochs, batch_size, seed, precision)
+    top1, top5 = topk_accuracy(torch.addmm(b, std(test_features), w), yt)
+    return {f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/lr": lr, f"{prefix}/wd": wd}
 
 
 # ----------------------------------------------------------------------------- L-BFGS

@@ -82,6 +82,14 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return x / world_size()
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 # ----------------------------------------------------------------------------- synchronised BatchNorm
 
 

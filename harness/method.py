@@ -96,6 +96,16 @@ class Method(nn.Module):
     def on_step_end(self, step: StepInfo) -> None:
         pass
 
+    def wants_prepare_pass(self) -> bool:
+        """True if the method needs one pass over the training set before its first step
+        (e.g. filling a memory bank with real features); the trainer then calls
+        :meth:`prepare_batch` once per batch, in index order, without gradients, under the
+        same precision as training, and counts the time in a seconds budget."""
+        return False
+
+    def prepare_batch(self, batch: Batch) -> None:
+        pass
+
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         # the trainer calls the module (so DDP's hooks run); it is the training step
         return self.training_step(batch, step)

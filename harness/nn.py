@@ -235,24 +235,21 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     over the batch of every process (``harness.distributed``), so B is the global batch.
     Returns (B, K) codes whose rows sum to 1.
     """
-    from harness.distributed import all_reduce_mean, world_size
+    from harness.distributed import all_reduce_max, all_reduce_mean, world_size
 
     world = world_size()
 
-    def global_sum(x: torch.Tensor) -> torch.Tensor:
-        return all_reduce_mean(x) * world
+    def global_logsumexp_rows(x: torch.Tensor) -> torch.Tensor:   # over the samples of every process
+        m = all_reduce_max(x.amax(dim=1, keepdim=True))
+        return m + (all_reduce_mean((x - m).exp().sum(dim=1, keepdim=True)) * world).log()
 
-    s = scores.detach().float()
-    shift = all_reduce_mean(s.max().reshape(1))      # any constant common to all ranks; for exp's range
-    q = torch.exp((s - shift) / epsilon).t()          # K x B
-    k, b = q.shape[0], q.shape[1] * world
-    q /= global_sum(q.sum().reshape(1))
+    # in the log domain: exp(S / eps) underflows in float32 once eps < ~0.023 (scores span [-1, 1])
+    log_q = scores.detach().float().t() / epsilon     # K x B: log of Q^T up to the scaling vectors
+    k, b = log_q.shape[0], log_q.shape[1] * world
     for _ in range(iterations):
-        q /= global_sum(q.sum(dim=1, keepdim=True))   # each prototype: total mass 1/K
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)               # each sample: total mass 1/B
-        q /= b
-    return (q * b).t()
+        log_q = log_q - global_logsumexp_rows(log_q) - math.log(k)            # each prototype: mass 1/K
+        log_q = log_q - torch.logsumexp(log_q, dim=0, keepdim=True) - math.log(b)   # each sample: mass 1/B
+    return (log_q + math.log(b)).exp().t()
 
 
 # ----------------------------------------------------------------------------- memory bank

@@ -232,6 +232,8 @@ class Trainer:
         last_ckpt_step = self.step
         images_per_step = cfg.optim.batch_size
         log_every = max(1, min(50, (self.total or 10**9) // 20 or 1))
+        if self.step == 0 and self.method.wants_prepare_pass():
+            self._prepare_pass(x_all, amp)
         while self.progress() < 1.0 and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
             p = self.progress()
@@ -312,6 +314,26 @@ class Trainer:
                            self.channels_last, self.recipe.notes())
 
     # ------------------------------------------------------------------ progress bar
+    @torch.no_grad()
+    def _prepare_pass(self, x_all: torch.Tensor, amp) -> None:
+        """One pass over the training set, in index order, before the first step (the method's
+        ``prepare_batch``; e.g. InstDisc's bank of real features). Views come from a generator
+        seeded by the run's seed alone. Under DDP every process runs the whole pass on the same
+        batches (one forward epoch, no gather needed: all processes end with the same state).
+        The time counts in a seconds budget (it is the method's compute); a run killed during
+        the pass restarts it (the first checkpoint is written after it)."""
+        t0 = time.perf_counter()
+        n, bs = len(x_all), self.cfg.optim.batch_size
+        gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.cfg.seed, 2**40, 0))
+        for lo in range(0, n, bs):
+            idx = torch.arange(lo, min(lo + bs, n))
+            views = self.recipe(x_all[idx].to(self.device), gen, self.ds.mean, self.ds.std)
+            if self.channels_last:
+                views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
+            with amp:
+                self.method.prepare_batch(Batch(views, idx.to(self.device), None))
+        self.elapsed += time.perf_counter() - t0
+
     def _bar(self):
         if not self.cfg.train.progress or not dist.is_main():
             return None

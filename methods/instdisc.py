@@ -20,7 +20,11 @@ processes). The positive v_i is the bank's entry from the previous visit (no gra
 image's first visit the bank holds only its random initial vector, so the positive is the image's
 own current feature (s = 1) and the first write replaces the entry (the paper's long schedules
 hide this; at a few epochs, chasing random targets for a whole epoch left the encoder below
-random init: kNN 37.2 vs 44.0 on CIFAR-10 at 240 s). An
+random init: kNN 37.2 vs 44.0 on CIFAR-10 at 240 s). With ``bank_init=features`` (not in the
+paper; the small-image preset's choice) one pass of the initial network over the training set
+fills the bank before the first step, inside the budget, so from step 1 every positive is a real
+feature of another view of the image and every negative a real feature of another image: the
+first epoch is no longer pure repulsion from stale or random vectors. An
 optional proximal term lambda * ||f_i - v_i||^2 (the paper's eq. 9; ``proximal``, 0 = off, as in
 the authors' released code, whose bank momentum plays the same role) damps oscillation. After each step the bank entries of
 the batch move towards the new features, v_i <- normalise(0.5 v_i + 0.5 f_i) (momentum 0.5).
@@ -67,6 +71,8 @@ class InstDiscConfig:
     proximal: float = 0.0         # lambda of the proximal term; 0 = off
     proj_dim: int = 128
     proj_hidden: int = 0          # 0: linear embedding layer (the paper's); > 0: 2-layer MLP
+    bank_init: str = "random"     # "random" (the paper's code) or "features": one pass of the initial
+                                  # network over the training set fills the bank before step 1
     blur: bool = False
 
 
@@ -95,6 +101,8 @@ class InstDisc(Method):
             raise ConfigError(f"{self.name}: method_cfg.num_noise must be >= 1, got {cfg.num_noise}")
         if not 0.0 <= cfg.bank_momentum < 1.0:
             raise ConfigError(f"{self.name}: method_cfg.bank_momentum must be in [0, 1), got {cfg.bank_momentum}")
+        if cfg.bank_init not in ("random", "features"):
+            raise ConfigError(f"{self.name}: method_cfg.bank_init must be 'random' or 'features', got {cfg.bank_init!r}")
         if info.num_train < 2:
             raise ConfigError(f"{self.name}: the memory bank needs at least 2 training images")
         d = backbone.num_features
@@ -106,10 +114,21 @@ class InstDisc(Method):
     def view_recipe(self, info):
         return instdisc_views(info.image_size, n=1, blur=self.cfg.blur)
 
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector_head(self.backbone(x)).float(), dim=1)
+
+    def wants_prepare_pass(self) -> bool:
+        return self.cfg.bank_init == "features"
+
+    def prepare_batch(self, batch):
+        # bank_init=features: v_i = f_0(x_i), the initial network's feature of one augmented view
+        # (every process runs the whole pass, so no gather)
+        self.bank.update(batch.indices, self._embed(batch.views.images[0]), self.cfg.bank_momentum)
+
     def training_step(self, batch, step):
         x = batch.views.images[0]
         idx = batch.indices.to(self.bank.features.device)
-        f = F.normalize(self.projector_head(self.backbone(x)).float(), dim=1)
+        f = self._embed(x)
         t, n = self.cfg.temperature, len(self.bank)
         v = self.bank.get(idx)                                   # previous features of the batch's images
         # an image seen for the first time has no feature in the bank yet (only the random initial

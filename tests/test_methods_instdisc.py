@@ -106,3 +106,30 @@ def test_instdisc_rejects_unknown_loss(synthetic, tmp_path):
     cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "method_cfg.loss": "nce2"})
     with pytest.raises(ConfigError, match="'nce' or 'softmax'"):
         Trainer(cfg, synthetic, tmp_path)
+
+
+def test_instdisc_bank_init_features_fills_bank_with_initial_network(synthetic, tmp_path):
+    """bank_init=features: before step 1 one pass of the initial network over the training set
+    (the trainer's prepare pass, views from its own seeded generator) writes every entry."""
+    from harness.trainer import _step_seed
+
+    cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
+                   "budget.value": 2, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32",
+                   "method_cfg.loss": "softmax", "method_cfg.bank_init": "features"})
+    tr = Trainer(cfg, synthetic, tmp_path)
+    m = tr.method
+    assert m.wants_prepare_pass() and not m.bank.filled.any()
+    tr.fit(stop_after=0)                      # the pass only: the network is still the initial one
+    assert m.bank.filled.all()
+    gen = torch.Generator().manual_seed(_step_seed(cfg.seed, 2**40, 0))
+    x = synthetic.x_train
+    expected = []
+    with torch.no_grad():
+        for lo in range(0, len(x), 32):
+            views = tr.recipe(x[lo:lo + 32], gen, synthetic.mean, synthetic.std)
+            expected.append(m._embed(views.images[0].contiguous(memory_format=torch.channels_last)))
+    assert torch.allclose(m.bank.features, torch.cat(expected), atol=1e-5)
+    # the paper's default keeps the random initial bank and runs no pass
+    cfg2 = resolve({**{k: v for k, v in [("method", "instdisc"), ("backbone", "cnn4"), ("data.name", "synthetic")]},
+                    "optim.batch_size": 32, "train.progress": False, "budget.kind": "steps", "budget.value": 1})
+    assert not Trainer(cfg2, synthetic, tmp_path / "b").method.wants_prepare_pass()

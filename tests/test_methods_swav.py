@@ -44,6 +44,23 @@ def test_sinkhorn_knopp_matches_scaling_vectors_and_equipartitions():
     assert np.allclose(many.sum(axis=0), 6 / 3, atol=1e-4)              # each prototype: B/K of the mass
 
 
+def test_sinkhorn_knopp_small_epsilon_stays_finite_and_matches_float64():
+    # eps = 0.01 on scores spanning [-1, 1]: exp(S / eps) spans e^200, beyond float32; the
+    # log-domain iterations must still give the float64 scaling-vector answer
+    rng = np.random.default_rng(1)
+    s = rng.uniform(-1, 1, size=(64, 10))
+    eps, iters = 0.01, 3
+    p = np.exp((s.T - s.max()) / eps)          # float64 holds e^-200
+    r, c = np.ones(10), np.ones(64)
+    for _ in range(iters):
+        r = (1 / 10) / (p * c[None, :]).sum(axis=1)
+        c = (1 / 64) / (p * r[:, None]).sum(axis=0)
+    want = (r[:, None] * p * c[None, :] * 64).T
+    got = sinkhorn_knopp(torch.tensor(s, dtype=torch.float32), epsilon=eps, iterations=iters).double().numpy()
+    assert np.isfinite(got).all()
+    assert np.allclose(got, want, atol=1e-4)
+
+
 def test_swav_loss_matches_hand_computation():
     # codes of the 2 global crops, scores of 3 crops, K = 2, tau = 1
     codes = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.25, 0.75]])]
