@@ -106,6 +106,18 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
     if state.get("evaluated") and state.get("config", {}).get("eval") == to_dict(cfg)["eval"]:
         log(f"{run_name(cfg)}: already finished and evaluated (run {state['run_id']}); skipping")
         return state
+    ckpt_path = state.get("checkpoint")
+    if state.get("evaluated") and ckpt_path and Path(ckpt_path).exists():
+        # finished, evaluated under other knobs: re-score the checkpoint as `sslbench eval` does (a new
+        # MLflow run tagged evaluation_of when a knob changed; the old record is never edited)
+        if not dist.is_main():
+            return {}
+        log(f"{run_name(cfg)}: already finished; evaluating it under the new eval settings")
+        out = evaluate_target(ckpt_path, cfg, dataset=ds)
+        state.update(run_id=out["run_id"], metrics=out["metrics"])
+        state["config"]["eval"] = to_dict(cfg)["eval"]
+        _write_json_atomic(state_path, state)
+        return state
     if not resume and (run_dir / "checkpoint.pt").exists():
         (run_dir / "checkpoint.pt").unlink()
 

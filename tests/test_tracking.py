@@ -117,6 +117,15 @@ def test_reevaluation_with_other_knobs_is_a_new_run(tmp_path, monkeypatch):
     assert old["params.eval.linear_epochs"] == "2" and old["metrics.linear/top1"] == first["metrics"]["linear/top1"]
     assert new["params.eval.linear_epochs"] == "3" and new["tags.evaluation_of"] == first["run_id"]
     assert new["metrics.pretrain/steps"] == 2
+    # `pretrain --resume` of the finished run under other knobs takes the same path: no retraining,
+    # a new record; the old ones keep their knobs and numbers
+    third = pretrain(resolve({**base, "eval.linear_epochs": 4}), resume=True, dataset=ds)
+    runs = tracking.fetch_runs(None, uri=uri)
+    assert len(runs) == 3 and third["run_id"] not in (first["run_id"], again["run_id"])
+    new3 = runs[runs["run_id"] == third["run_id"]].iloc[0]
+    assert new3["params.eval.linear_epochs"] == "4" and new3["metrics.pretrain/steps"] == 2
+    assert runs[runs["run_id"] == first["run_id"]].iloc[0]["params.eval.linear_epochs"] == "2"
+    assert pretrain(resolve({**base, "eval.linear_epochs": 4}), resume=True, dataset=ds)["run_id"] == third["run_id"]
 
 
 def test_budget_curves_plot_when_a_method_has_several_budgets(tmp_path):
