@@ -137,13 +137,22 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     minus_one = torch.full((batch_size * h,), -1.0)
     seen = None if hidden_rows is None or blind_heads == 0 else (~hidden_rows[perm]).float()
     kb = blind_heads
+    # every per-step array lives in a buffer allocated once (a fresh ~0.5 MB array per op per step
+    # goes through mmap/munmap and page faults in glibc's allocator)
+    bs = min(batch_size, n)
+    wb, gb = torch.empty(d, hc, dtype=dt), torch.empty(d, hc, dtype=dt)
+    logit_b, p_b = torch.empty(bs, hc, dtype=dt), torch.empty(bs, hc, dtype=dt)
+    logit, p_full = torch.empty(bs, hc), torch.empty(bs, hc)
     with _threads(threads or torch.get_num_threads()):   # class-major heads: big enough ops for every core
         for _ in range(epochs):
             for s in torch.randperm(per_epoch, generator=g).tolist():
                 sl = slice(s * batch_size, (s + 1) * batch_size)
                 x = z[sl]
                 m = len(x)
-                p = torch.softmax(torch.mm(x, w.to(dt)).float().add_(b).view(m, c, h), dim=1).view(m, hc)
+                wb.copy_(w)
+                torch.mm(x, wb, out=logit_b[:m])
+                lg = logit[:m].copy_(logit_b[:m]).add_(b)
+                p = torch.ops.aten._softmax.out(lg.view(m, c, h), 1, False, out=p_full[:m].view(m, c, h)).view(m, hc)
                 p.view(-1).index_add_(0, flat[sl].reshape(-1), minus_one[:m * h])   # softmax - onehot(y)
                 scale = torch.full((c, h), 1.0 / m)   # mean over the batch's rows ...
                 if seen is not None:                  # ... the blind heads: over the rows they may see
@@ -152,7 +161,8 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
                     scale[:, :kb] = 1.0 / max(float(v.sum()), 1.0)
                 scale = scale.view(hc)
                 f = 0.5 * (1 + math.cos(math.pi * step / total)) * lr
-                vw.mul_(momentum).addcmul_(torch.mm(x.T, p.to(dt)).float(), scale).addcmul_(w, wd)
+                torch.mm(x.T, p_b[:m].copy_(p), out=gb)
+                vw.mul_(momentum).addcmul_(gb, scale).addcmul_(w, wd)
                 vb.mul_(momentum).addcmul_(p.sum(0), scale)
                 w.addcmul_(vw, f, value=-1.0)
                 b.addcmul_(vb, f, value=-1.0)
