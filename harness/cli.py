@@ -127,6 +127,7 @@ def _leaderboard(experiment: str | None, uri: str | None, out: str, dataset=None
         print(lb.plain(t))
     stem = "leaderboard"
     out_dir = Path(out) / (experiment or "all")
+    runs = lb.current_runs(runs, tables)   # provenance and runs.csv: the records the tables show
     paths = lb.write(tables, out_dir, stem, command=command, title=experiment or "all experiments",
                      meta=lb.provenance(runs))
     from harness.compare import runs_frame

@@ -63,6 +63,7 @@ class Table:
     budget: str
     protocol: str
     frame: pd.DataFrame          # one row per (method, backbone); columns metric/mean, metric/ci, metric/n
+    run_ids: tuple[str, ...] = ()  # the MLflow runs the cells average (superseded records excluded)
 
 
 def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None = None, budget: str | None = None,
@@ -118,10 +119,11 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
                 row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
             rows.append(row)
         frame = pd.DataFrame(rows)
+        ids = tuple(sorted(set(g["run_id"].dropna().astype(str)))) if "run_id" in g else ()
         key = f"{sort}/mean"
         if key in frame:
             frame = frame.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
-        tables.append(Table(ds, bud, proto, frame))
+        tables.append(Table(ds, bud, proto, frame, ids))
     return tables
 
 
@@ -169,6 +171,12 @@ def flat_csv(t: Table) -> pd.DataFrame:
     f.insert(1, "budget", t.budget)
     f.insert(2, "protocol", t.protocol)
     return f
+
+
+def current_runs(runs: pd.DataFrame, tables: list[Table]) -> pd.DataFrame:
+    """The runs whose numbers the tables show (a rerun's older records left out), when known."""
+    ids = {i for t in tables for i in t.run_ids}
+    return runs[runs["run_id"].astype(str).isin(ids)] if ids and "run_id" in runs else runs
 
 
 def provenance(runs: pd.DataFrame) -> str:

@@ -66,6 +66,17 @@ def test_newest_record_of_a_run_supersedes_older_ones_across_protocols():
     assert got == [40.0, 52.0]  # the older evaluation (50.0) of the same run is gone; other experiments stay
 
 
+def test_provenance_lists_only_the_records_the_tables_show():
+    base = {"params.method": "m", "params.backbone": "b", "params.data.name": "x", "params.budget.kind": "steps",
+            "params.budget.value": "10", "params.seed": "0", "experiment": "e"}
+    runs = pd.DataFrame([{**base, "run_id": "old", "start_time": 1, "tags.command": "sslbench run OLD", "metrics.knn/top1@20": 40.0},
+                         {**base, "run_id": "new", "start_time": 2, "tags.command": "sslbench run NEW", "metrics.knn/top1@20": 45.0}])
+    tables = lb.build(runs)
+    assert [t.run_ids for t in tables] == [("new",)]
+    text = lb.provenance(lb.current_runs(runs, tables))
+    assert "sslbench run NEW" in text and "OLD" not in text
+
+
 def test_single_seed_is_marked():
     assert lb._cell(50.0, float("nan"), 1, "knn/top1@20") == "50.0 (n=1)"
 
