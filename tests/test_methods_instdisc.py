@@ -130,6 +130,6 @@ def test_instdisc_bank_init_features_fills_bank_with_initial_network(synthetic, 
             expected.append(m._embed(views.images[0].contiguous(memory_format=torch.channels_last)))
     assert torch.allclose(m.bank.features, torch.cat(expected), atol=1e-5)
     # the paper's default keeps the random initial bank and runs no pass
-    cfg2 = resolve({**{k: v for k, v in [("method", "instdisc"), ("backbone", "cnn4"), ("data.name", "synthetic")]},
-                    "optim.batch_size": 32, "train.progress": False, "budget.kind": "steps", "budget.value": 1})
+    cfg2 = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,
+                    "train.progress": False, "budget.kind": "steps", "budget.value": 1})
     assert not Trainer(cfg2, synthetic, tmp_path / "b").method.wants_prepare_pass()
