@@ -4,12 +4,18 @@ Prints images/s in fp32 and in bf16 autocast + channels_last, their ratio, and t
 step time spent on data + views (batched tensor augmentations). Uses the trainer's own
 pieces (method registry, view recipe, optimiser) on synthetic uint8 images of CIFAR shape.
 
+The two paths run interleaved (one fp32 step, one bf16 step, ...) and each is summarised by
+its median step time, so a change in the machine's load during the run (this is a shared
+virtual machine: the same step varies by +-15% over minutes) hits both paths alike instead
+of biasing the ratio.
+
     python benchmarks/throughput.py [--steps 8] [--warmup 2] [--backbone resnet18_cifar]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -21,56 +27,79 @@ from harness.optim import build_optimizer
 from harness.trainer import bf16_supported, build_method
 
 
-def measure(backbone: str, precision: str, channels_last: bool, steps: int, warmup: int, batch: int) -> dict:
-    cfg = resolve({"method": "simclr", "backbone": backbone, "optim.batch_size": batch, "method_cfg.blur": False})
-    info = DataInfo("bench", 3, 32, 50000, 10)
-    torch.manual_seed(0)
-    method = build_method(cfg, info)
-    if channels_last:
-        method = method.to(memory_format=torch.channels_last)
-    method.train()
-    opt = build_optimizer("lars", method.param_groups(), 0.3, 1e-6, 0.9)
-    recipe = method.view_recipe(info)
-    x_all = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8)
-    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-    t_data = t_total = 0.0
-    for s in range(steps + warmup):
+class Path:
+    """One training set-up (precision + memory format) stepped one batch at a time."""
+
+    def __init__(self, backbone: str, precision: str, channels_last: bool, batch: int, steps: int):
+        cfg = resolve({"method": "simclr", "backbone": backbone, "optim.batch_size": batch, "method_cfg.blur": False})
+        self.info = DataInfo("bench", 3, 32, 50000, 10)
+        torch.manual_seed(0)
+        self.method = build_method(cfg, self.info)
+        if channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
+        self.method.train()
+        self.opt = build_optimizer("lars", self.method.param_groups(), 0.3, 1e-6, 0.9)
+        self.recipe = self.method.view_recipe(self.info)
+        self.precision, self.channels_last, self.batch, self.steps = precision, channels_last, batch, steps
+        self.data_s: list[float] = []
+        self.step_s: list[float] = []
+
+    def step(self, x_all: torch.Tensor, s: int, record: bool) -> None:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(s)
-        idx = batch_indices(len(x_all), batch, s, 0)
-        views = recipe(x_all[idx], gen, mean, std)
-        if channels_last:
+        idx = batch_indices(len(x_all), self.batch, s, 0)
+        views = self.recipe(x_all[idx], gen, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+        if self.channels_last:
             views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
         t1 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = method(Batch(views, idx), StepInfo(s, s / steps, steps, gen))["loss"]
-        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss = self.method(Batch(views, idx), StepInfo(s, s / self.steps, self.steps, gen))["loss"]
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        self.opt.step()
         t2 = time.perf_counter()
-        if s >= warmup:
-            t_data += t1 - t0
-            t_total += t2 - t0
-    return {"img_s": steps * batch / t_total, "data_share": t_data / t_total, "step_s": t_total / steps}
+        if record:
+            self.data_s.append(t1 - t0)
+            self.step_s.append(t2 - t0)
+
+    def summary(self) -> dict:
+        step = statistics.median(self.step_s)
+        return {"img_s": self.batch / step, "step_s": step, "data_share": statistics.median(self.data_s) / step,
+                "spread": (min(self.step_s), max(self.step_s))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default="resnet18_cifar")
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=8, help="measured steps per path (after --warmup)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--only", choices=["fp32", "bf16"], help="measure one path only (no ratio)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every measured step's time")
     args = ap.parse_args()
     print(f"SimCLR, {args.backbone}, 32 px, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    fp32 = measure(args.backbone, "fp32", False, args.steps, args.warmup, args.batch)
-    print(f"fp32                  : {fp32['img_s']:7.1f} img/s  ({fp32['step_s']:.2f} s/step, data+views {100 * fp32['data_share']:.1f}% of a step)")
-    if not bf16_supported(torch.device("cpu")):
-        print("bf16: not supported on this CPU")
-        return
-    bf16 = measure(args.backbone, "bf16", True, args.steps, args.warmup, args.batch)
-    print(f"bf16 + channels_last  : {bf16['img_s']:7.1f} img/s  ({bf16['step_s']:.2f} s/step, data+views {100 * bf16['data_share']:.1f}% of a step)")
-    print(f"speed-up bf16/fp32    : {bf16['img_s'] / fp32['img_s']:.2f}x   (target >= 2.5x)")
-    print(f"data+views share (bf16): {100 * bf16['data_share']:.1f}%   (target <= 10%)")
+    paths = {} if args.only == "bf16" else {"fp32": Path(args.backbone, "fp32", False, args.batch, args.steps)}
+    if args.only == "fp32":
+        pass
+    elif bf16_supported(torch.device("cpu")):
+        paths["bf16 + channels_last"] = Path(args.backbone, "bf16", True, args.batch, args.steps)
+    else:
+        print("bf16: not supported on this CPU; measuring fp32 only")
+    x_all = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8)
+    for s in range(args.warmup + args.steps):
+        for p in paths.values():          # interleaved: both paths see the same machine load
+            p.step(x_all, s, record=s >= args.warmup)
+    res = {name: p.summary() for name, p in paths.items()}
+    for name, r in res.items():
+        lo, hi = r["spread"]
+        print(f"{name:22s}: {r['img_s']:7.1f} img/s  (median {r['step_s']:.2f} s/step, range {lo:.2f}-{hi:.2f}; "
+              f"data+views {100 * r['data_share']:.1f}% of a step)")
+        if args.verbose:
+            print(f"{'':22s}  steps (s): {' '.join(f'{t:.2f}' for t in paths[name].step_s)}")
+    if len(res) == 2:
+        fp32, bf16 = res["fp32"], res["bf16 + channels_last"]
+        print(f"speed-up bf16/fp32    : {bf16['img_s'] / fp32['img_s']:.2f}x   (target >= 2.5x)")
+        print(f"data+views share (bf16): {100 * bf16['data_share']:.1f}%   (target <= 10%)")
 
 
 if __name__ == "__main__":

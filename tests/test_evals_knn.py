@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from evals.knn import knn_eval, search
+from evals.knn import knn_eval, search, topk_rows
 
 
 def numpy_knn(xtr, ytr, xte, yte, ks, t, c):
@@ -99,3 +99,19 @@ def test_missing_faiss_is_a_clear_error(monkeypatch, data):
     xtr, ytr, xte, yte, c = data
     with pytest.raises(SSLBenchError, match="pip install 'sslbench\\[cpu\\]'"):
         knn_eval(xtr, ytr, xte, yte, (10,), 0.07, c, backend="faiss")
+
+
+@pytest.mark.parametrize("n,k", [(5000, 200), (5003, 20), (997, 10), (640, 200), (50, 50), (7, 3)])
+def test_topk_rows_equals_torch_topk(n, k):
+    g = torch.Generator().manual_seed(n + k)
+    s = torch.randn(33, n, generator=g)
+    # plant structure the grouping must survive: row 0's best scores all in one strided group,
+    # row 1's best in the left-over columns past the last full group
+    groups = n // max(int((n / k) ** 0.5), 1)
+    s[0, torch.arange(0, n, groups)[:k]] += 10.0
+    s[1, -min(k, n % groups if groups else 0) or n - 1:] += 10.0
+    vals, idx = topk_rows(s, k)
+    ref_vals, ref_idx = torch.topk(s, k, dim=1)
+    assert torch.equal(vals, ref_vals)
+    assert torch.equal(s.gather(1, idx), vals)
+    assert torch.equal(idx.sort(dim=1).values, ref_idx.sort(dim=1).values)
