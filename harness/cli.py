@@ -96,6 +96,7 @@ def cmd_run(args) -> int:
         suite_spec = spec
     run_suite(suite_spec, overrides, resume=args.resume)
     name = load_suite(suite_spec).name if isinstance(suite_spec, str) else suite_spec["name"]
+    name = str(overrides.get("tracking.experiment", name))   # where the runs went: the override wins over the suite's name
     return _leaderboard(experiment=name, uri=overrides.get("tracking.uri"), out=args.out,
                         command="sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
 

@@ -118,3 +118,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert a["step"] == b["step"] == 60 and b["finished"]
     assert a["last_loss"] == b["last_loss"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_run_leaderboard_follows_a_tracking_experiment_override(tmp_path):
+    """`sslbench run SUITE tracking.experiment=X` logs to X, so its leaderboard is X's, not the suite name's."""
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text("name: tiny\nmethods: [simclr]\nseeds: [0]\ncommon:\n  backbone: cnn4\n  data.name: synthetic\n"
+                     "  budget.kind: steps\n  budget.value: 2\n")
+    r = sslbench("run", str(suite), "tracking.experiment=elsewhere", "eval.protocols=[knn]", "train.progress=false",
+                 f"out_dir={tmp_path / 'runs'}", "--out", str(tmp_path / "res"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    board = (tmp_path / "res" / "elsewhere" / "leaderboard.csv").read_text()
+    assert "simclr" in board and "random_init" in board
+    assert not (tmp_path / "res" / "tiny").exists()
