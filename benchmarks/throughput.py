@@ -32,14 +32,14 @@ class Path:
 
     def __init__(self, backbone: str, precision: str, channels_last: bool, batch: int, steps: int):
         cfg = resolve({"method": "simclr", "backbone": backbone, "optim.batch_size": batch, "method_cfg.blur": False})
-        self.info = DataInfo("bench", 3, 32, 50000, 10)
+        info = DataInfo("bench", 3, 32, 50000, 10)
         torch.manual_seed(0)
-        self.method = build_method(cfg, self.info)
+        self.method = build_method(cfg, info)
         if channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         self.method.train()
         self.opt = build_optimizer("lars", self.method.param_groups(), 0.3, 1e-6, 0.9)
-        self.recipe = self.method.view_recipe(self.info)
+        self.recipe = self.method.view_recipe(info)
         self.precision, self.channels_last, self.batch, self.steps = precision, channels_last, batch, steps
         self.data_s: list[float] = []
         self.step_s: list[float] = []
@@ -78,13 +78,13 @@ def main() -> None:
     ap.add_argument("-v", "--verbose", action="store_true", help="print every measured step's time")
     args = ap.parse_args()
     print(f"SimCLR, {args.backbone}, 32 px, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    paths = {} if args.only == "bf16" else {"fp32": Path(args.backbone, "fp32", False, args.batch, args.steps)}
-    if args.only == "fp32":
-        pass
-    elif bf16_supported(torch.device("cpu")):
-        paths["bf16 + channels_last"] = Path(args.backbone, "bf16", True, args.batch, args.steps)
-    else:
+    paths = {}
+    if args.only != "bf16":
+        paths["fp32"] = Path(args.backbone, "fp32", False, args.batch, args.steps)
+    if args.only != "fp32" and not bf16_supported(torch.device("cpu")):
         print("bf16: not supported on this CPU; measuring fp32 only")
+    elif args.only != "fp32":
+        paths["bf16 + channels_last"] = Path(args.backbone, "bf16", True, args.batch, args.steps)
     x_all = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8)
     for s in range(args.warmup + args.steps):
         for p in paths.values():          # interleaved: both paths see the same machine load

@@ -81,6 +81,10 @@ def search(queries: torch.Tensor, database: torch.Tensor, k: int, backend: str =
     k = min(k, len(database))
     chunk = chunk_size or max(1, min(4096, CHUNK_ELEMENTS // max(1, len(database))))
     backend = resolve_backend(backend, index, device)
+    if backend not in ("torch", "faiss"):
+        raise SSLBenchError(f"unknown kNN backend '{backend}'; valid choices: auto, faiss, torch")
+    if len(queries) == 0:
+        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
     if backend == "torch":
         if index != "flat":
             raise SSLBenchError(f"kNN index '{index}' needs backend 'faiss' (the torch backend is exact)")
@@ -93,16 +97,10 @@ def search(queries: torch.Tensor, database: torch.Tensor, k: int, backend: str =
             s, j = topk_rows(block, k)
             sims.append(s.cpu())
             idxs.append(j.cpu())
-        if not sims:
-            return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
         return torch.cat(sims), torch.cat(idxs)
-    if backend != "faiss":
-        raise SSLBenchError(f"unknown kNN backend '{backend}'; valid choices: auto, faiss, torch")
     idx = _faiss_index(np.ascontiguousarray(database.cpu().numpy(), dtype=np.float32), index, device, nlist, nprobe, hnsw_m)
     q = np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32)
-    sims, idxs = zip(*(idx.search(q[i:i + chunk], k) for i in range(0, len(q), chunk))) if len(q) else ((), ())
-    if not sims:
-        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
+    sims, idxs = zip(*(idx.search(q[i:i + chunk], k) for i in range(0, len(q), chunk)))
     return torch.from_numpy(np.concatenate(sims)), torch.from_numpy(np.concatenate(idxs)).long()
 
 

@@ -80,7 +80,7 @@ def cmd_eval(args) -> int:
 
 def cmd_run(args) -> int:
     from harness.config import parse_overrides
-    from harness.runner import load_suite, run_suite
+    from harness.runner import load_suite, run_suite, suite_configs
 
     overrides = parse_overrides(args.overrides)
     suite_spec = args.suite
@@ -95,10 +95,11 @@ def cmd_run(args) -> int:
             spec["methods"] = _method_list(args.methods)
         suite_spec = spec
     run_suite(suite_spec, overrides, resume=args.resume)
-    name = load_suite(suite_spec).name if isinstance(suite_spec, str) else suite_spec["name"]
-    name = str(overrides.get("tracking.experiment", name))   # where the runs went: the override wins over the suite's name
-    return _leaderboard(experiment=name, uri=overrides.get("tracking.uri"), out=args.out,
-                        command="sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    # the experiments the runs were logged to (the suite's name unless the suite or an override set another)
+    names = dict.fromkeys(c.tracking.experiment for c in suite_configs(load_suite(suite_spec), overrides))
+    command = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return max(_leaderboard(experiment=name, uri=overrides.get("tracking.uri"), out=args.out, command=command)
+               for name in names)
 
 
 def _method_list(text: str) -> list[str]:

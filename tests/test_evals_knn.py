@@ -105,11 +105,14 @@ def test_missing_faiss_is_a_clear_error(monkeypatch, data):
 def test_topk_rows_equals_torch_topk(n, k):
     g = torch.Generator().manual_seed(n + k)
     s = torch.randn(33, n, generator=g)
-    # plant structure the grouping must survive: row 0's best scores all in one strided group,
-    # row 1's best in the left-over columns past the last full group
-    groups = n // max(int((n / k) ** 0.5), 1)
+    # plant structure the grouping must survive (m, groups as in topk_rows): row 0's best scores all
+    # in one strided group, row 1's best in the left-over columns past the last full group
+    m = max(int((n / k) ** 0.5), 1)
+    groups = n // m
     s[0, torch.arange(0, n, groups)[:k]] += 10.0
-    s[1, -min(k, n % groups if groups else 0) or n - 1:] += 10.0
+    leftover = n - m * groups
+    if leftover:
+        s[1, n - min(k, leftover):] += 10.0
     vals, idx = topk_rows(s, k)
     ref_vals, ref_idx = torch.topk(s, k, dim=1)
     assert torch.equal(vals, ref_vals)
