@@ -9,7 +9,10 @@ its median step time, so a change in the machine's load during the run (this is 
 virtual machine: the same step varies by +-15% over minutes) hits both paths alike instead
 of biasing the ratio.
 
-    python benchmarks/throughput.py [--steps 8] [--warmup 2] [--backbone resnet18_cifar]
+The bf16 path is set up by the trainer's own ``prepare_for_training`` (channels-last and, on
+CPU, the GEMM weight gradient of small-map convs: ``--conv-wgrad native`` measures without it).
+
+    python benchmarks/throughput.py [--steps 8] [--warmup 2] [--backbone resnet18_cifar] [--conv-wgrad native]
 """
 
 from __future__ import annotations
@@ -24,19 +27,20 @@ from harness.config import resolve
 from harness.data import batch_indices
 from harness.method import Batch, DataInfo, StepInfo
 from harness.optim import build_optimizer
-from harness.trainer import bf16_supported, build_method
+from harness.trainer import bf16_supported, build_method, prepare_for_training
 
 
 class Path:
     """One training set-up (precision + memory format) stepped one batch at a time."""
 
-    def __init__(self, backbone: str, precision: str, channels_last: bool, batch: int, steps: int):
+    def __init__(self, backbone: str, precision: str, channels_last: bool, batch: int, steps: int,
+                 conv_wgrad: str = "auto"):
         cfg = resolve({"method": "simclr", "backbone": backbone, "optim.batch_size": batch, "method_cfg.blur": False})
         info = DataInfo("bench", 3, 32, 50000, 10)
         torch.manual_seed(0)
         self.method = build_method(cfg, info)
-        if channels_last:
-            self.method = self.method.to(memory_format=torch.channels_last)
+        prepare_for_training(self.method, True, torch.device("cpu"), precision, "on" if channels_last else "off",
+                             conv_wgrad)   # the trainer's own set-up: memory format, conv kernels
         self.method.train()
         self.opt = build_optimizer("lars", self.method.param_groups(), 0.3, 1e-6, 0.9)
         self.recipe = self.method.view_recipe(info)
@@ -75,6 +79,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="measured steps per path (after --warmup)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", choices=["fp32", "bf16"], help="measure one path only (no ratio)")
+    ap.add_argument("--conv-wgrad", choices=["auto", "gemm", "native"], default="auto",
+                    help="the bf16 path's small-map conv weight gradients (train.conv_wgrad; auto = the trainer's choice)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every measured step's time")
     args = ap.parse_args()
     print(f"SimCLR, {args.backbone}, 32 px, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -84,7 +90,7 @@ def main() -> None:
     if args.only != "fp32" and not bf16_supported(torch.device("cpu")):
         print("bf16: not supported on this CPU; measuring fp32 only")
     elif args.only != "fp32":
-        paths["bf16 + channels_last"] = Path(args.backbone, "bf16", True, args.batch, args.steps)
+        paths["bf16 + channels_last"] = Path(args.backbone, "bf16", True, args.batch, args.steps, args.conv_wgrad)
     x_all = torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8)
     for s in range(args.warmup + args.steps):
         for p in paths.values():          # interleaved: both paths see the same machine load

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from evals.linear import label_fraction_subset, stratified_split
 from harness.backbones import is_convnet, is_vit
 from harness.nn import warmup_cosine
-from harness.trainer import resolve_precision
+from harness.trainer import prepare_for_training, resolve_precision
 from harness.views import ViewSpec, augment, normalize
 
 CONVNET_LRS = (0.01, 0.05)
@@ -76,9 +76,7 @@ def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None
     predictions on the same view."""
     torch.manual_seed(seed)
     model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
-    channels_last = is_convnet(model.encoder)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = prepare_for_training(model, is_convnet(model.encoder), torch.device(device), precision)
     opt = _optimizer(model, lr)
     spec = ViewSpec(x.shape[-1], scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0)
     bs = min(batch_size, len(x))

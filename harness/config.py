@@ -64,6 +64,9 @@ class TrainConfig:
     device: str = choices("auto", "cpu", "cuda", default="auto")
     precision: str = choices("auto", "bf16", "fp32", default="auto")
     channels_last: str = choices("auto", "on", "off", default="auto")
+    # weight gradients of small-map, many-channel convs as one im2col GEMM instead of oneDNN's
+    # bf16 backward-weights kernel, slow there; auto = on for CPU + bf16 + channels-last (harness/conv_wgrad.py)
+    conv_wgrad: str = choices("auto", "gemm", "native", default="auto")
     checkpoint_every_steps: int | None = None
     checkpoint_every_seconds: float = positive(60.0)
     progress: bool = True

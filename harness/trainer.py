@@ -21,6 +21,7 @@ from harness import checkpoint as ckpt
 from harness import distributed as dist
 from harness.backbones import build_backbone, is_convnet
 from harness.config import RunConfig, from_dict, to_dict
+from harness.conv_wgrad import use_gemm_wgrad
 from harness.data import ImageDataset, batch_indices
 from harness.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.method import Batch, DataInfo, Method, StepInfo
@@ -64,6 +65,19 @@ def build_method(cfg: RunConfig, info: DataInfo) -> Method:
     backbone = build_backbone(cfg.backbone, info.channels, info.image_size)
     entry.cls.check_requirements(backbone, info, cfg.backbone)
     return entry.cls(backbone, mcfg, info)
+
+
+def prepare_for_training(model: torch.nn.Module, convnet: bool, device: torch.device, precision: str,
+                         channels_last: str = "auto", conv_wgrad: str = "auto") -> bool:
+    """Memory format and conv kernels for training, in place: channels-last for convnets (``auto``), and
+    on CPU in bf16 the GEMM weight gradient for small-map convs (harness/conv_wgrad.py). Returns whether
+    the model is channels-last (its inputs must then be too)."""
+    cl = channels_last == "on" or (channels_last == "auto" and convnet)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    if conv_wgrad == "gemm" or (conv_wgrad == "auto" and device.type == "cpu" and precision == "bf16" and cl):
+        use_gemm_wgrad(model)
+    return cl
 
 
 def steps_per_epoch(n: int, batch: int, cap: int | None = None) -> int:
@@ -135,10 +149,8 @@ class Trainer:
         self.uses_labels = type(self.method).uses_labels
         self.recipe = self.method.view_recipe(self.info)
         self.recipe.check(self.info.channels, self.info.image_size, cfg.method)
-        cl = cfg.train.channels_last
-        self.channels_last = cl == "on" or (cl == "auto" and is_convnet(self.method.backbone))
-        if self.channels_last:
-            self.method = self.method.to(memory_format=torch.channels_last)
+        self.channels_last = prepare_for_training(self.method, is_convnet(self.method.backbone), self.device,
+                                                  self.precision, cfg.train.channels_last, cfg.train.conv_wgrad)
         self.model = self.method
         if dist.is_distributed():
             from torch.nn.parallel import DistributedDataParallel as DDP

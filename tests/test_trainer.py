@@ -9,7 +9,7 @@ from harness.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.method import Method
 from harness.nn import warmup_cosine
 from harness.registry import register_method
-from harness.trainer import Trainer, load_trained_method, total_steps
+from harness.trainer import Trainer, bf16_supported, load_trained_method, total_steps
 from harness.views import ViewRecipe
 
 BASE = {"method": "simclr", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,
@@ -82,12 +82,17 @@ def test_nan_guard_stops_with_clear_error(synthetic, tmp_path):
     assert state["step"] == 2 and all(torch.isfinite(p).all() for p in method.parameters())
 
 
-def test_resume_in_process_equals_uninterrupted(synthetic, tmp_path):
-    full = Trainer(cfg(budget__kind="steps", budget__value=6), synthetic, tmp_path / "a")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_in_process_equals_uninterrupted(synthetic, tmp_path, precision):
+    """bf16 on CPU also exercises the GEMM weight gradient of the small-map convs (cnn4 at 16 px)."""
+    if precision == "bf16" and not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bf16 support")
+    c = cfg(budget__kind="steps", budget__value=6, train__precision=precision)
+    full = Trainer(c, synthetic, tmp_path / "a")
     full.fit()
-    part = Trainer(cfg(budget__kind="steps", budget__value=6), synthetic, tmp_path / "b")
+    part = Trainer(c, synthetic, tmp_path / "b")
     part.fit(stop_after=3)  # stop early, as a kill after the step-3 checkpoint would
-    resumed = Trainer(cfg(budget__kind="steps", budget__value=6), synthetic, tmp_path / "b")
+    resumed = Trainer(c, synthetic, tmp_path / "b")
     resumed.fit(resume=True)
     a, b = full.method.state_dict(), resumed.method.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
