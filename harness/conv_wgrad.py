@@ -13,10 +13,10 @@ with G the output gradient as a (B*Ho*Wo, C_out) matrix and ``cols`` the (B*Ho*W
 im2col matrix of the input, runs on AMX through oneDNN's matmul. Its overhead (the im2col copy)
 is 1/C_out of its FLOPs, and the native kernel's weakness grows with the weight's size per map
 position, so the GEMM is used where ``C_in * C_out >= 1024 * Ho * Wo``. Layer forward + backward,
-batch 256, native vs GEMM (``benchmarks/conv_wgrad.py``): 512->512 at 4x4 1.78x faster, 256->256
-at 4x4 1.66x, 128->256 at 4x4 1.73x, 128->128 at 4x4 1.19x, 256->256 at 8x8 1.29x; below the
-threshold the native kernel wins or ties (64->128 at 4x4 0.94x, 128->128 at 8x8 0.81x,
-128->128 at 16x16 0.60x).
+batch 256, native vs GEMM (``python benchmarks/conv_wgrad.py``): 512->512 at 4x4 1.89x faster,
+256->512 stride 2 (to 4x4) 1.93x, 256->256 at 8x8 1.27x, cnn4's 128->256 at 4x4 1.65x. Below
+the threshold the GEMM loses (64->128 at 8x8 0.92x, 128->128 at 16x16 0.75x, 64->64 at 32x32
+0.56x), except 128->256 stride 2 (to 8x8), 1.11x, which the conservative threshold leaves native.
 
 Only the weight gradient changes; the forward pass and the input gradient are the native ones,
 so the numbers differ from the native path by bf16 rounding only (tests compare both against
