@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn as nn
 
-from harness.conv_wgrad import GemmWgradConv2d, use_gemm_wgrad
+from harness.models.conv_wgrad import GemmWgradConv2d, use_gemm_wgrad
 
 # (C_in, C_out, input size, stride)
 SHAPES = [(64, 64, 32, 1), (64, 128, 32, 2), (128, 128, 16, 1), (128, 256, 16, 2), (256, 256, 8, 1),

@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 from evals.knn import knn_eval  # noqa: E402
-from evals.linear import lbfgs_probe, linear_probe  # noqa: E402
+from evals.linear import linear_probe  # noqa: E402
+from evals.linear_lbfgs import lbfgs_probe  # noqa: E402
 
 
 def make_features(n_train: int, n_test: int, dim: int, classes: int, latent: int, noise: float, seed: int):

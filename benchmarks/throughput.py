@@ -23,11 +23,14 @@ import time
 
 import torch
 
-from harness.config import resolve
-from harness.data import batch_indices
-from harness.method import Batch, DataInfo, StepInfo
-from harness.optim import build_optimizer
-from harness.trainer import bf16_supported, build_method, prepare_for_training
+from harness.core.device import bf16_supported
+from harness.data.dataset import batch_indices
+from harness.method.contract import Batch, DataInfo, StepInfo
+from harness.models.kernels import prepare_for_training
+from harness.run.plugins import load_plugins
+from harness.train.build import build_method
+from harness.train.config import resolve
+from harness.train.optim import build_optimizer, effective_optim
 
 
 class Path:
@@ -38,11 +41,12 @@ class Path:
         cfg = resolve({"method": "simclr", "backbone": backbone, "optim.batch_size": batch, "method_cfg.blur": False})
         info = DataInfo("bench", 3, 32, 50000, 10)
         torch.manual_seed(0)
+        load_plugins()
         self.method = build_method(cfg, info)
         prepare_for_training(self.method, True, torch.device("cpu"), precision, "on" if channels_last else "off",
                              conv_wgrad)   # the trainer's own set-up: memory format, conv kernels
         self.method.train()
-        self.opt = build_optimizer("lars", self.method.param_groups(), 0.3, 1e-6, 0.9)
+        self.opt = build_optimizer(effective_optim(type(self.method).optim, cfg.optim), self.method.param_groups())
         self.recipe = self.method.view_recipe(info)
         self.precision, self.channels_last, self.batch, self.steps = precision, channels_last, batch, steps
         self.data_s: list[float] = []

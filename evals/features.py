@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.backbones import is_convnet
-from harness.data import ImageDataset
-from harness.trainer import resolve_precision
-from harness.views import normalize
+from harness.core.device import resolve_precision
+from harness.data.dataset import ImageDataset
+from harness.data.views import normalize
+from harness.models.backbones import is_convnet
 
 PROGRESS_MIN_BATCHES = 8  # a bar only when extraction is long enough to be worth watching
 
@@ -32,7 +32,7 @@ def extract_features(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, batch
                      desc: str = "features") -> torch.Tensor:
     """Encode uint8 images (N, C, H, W) into float32 features (N, D) on the CPU.
 
-    Each batch is moved to ``device``, normalised with ``harness.views.normalize`` (or mapped by
+    Each batch is moved to ``device``, normalised with ``harness.data.views.normalize`` (or mapped by
     ``transform(batch_uint8_on_device) -> float images`` when given, e.g. a seeded augmentation),
     and encoded under ``torch.inference_mode()`` with the encoder in eval mode (restored after).
     ``precision="auto"`` uses bf16 autocast where the device supports it; convnets run

@@ -25,10 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evals.linear import label_fraction_subset, stratified_split
-from harness.backbones import is_convnet, is_vit
-from harness.nn import warmup_cosine
-from harness.trainer import prepare_for_training, resolve_precision
-from harness.views import ViewSpec, augment, normalize
+from harness.core.device import resolve_precision
+from harness.core.schedules import warmup_cosine
+from harness.data.views import ViewSpec, augment, normalize
+from harness.models.backbones import is_convnet, is_vit
+from harness.models.kernels import prepare_for_training
 
 CONVNET_LRS = (0.01, 0.05)
 VIT_LRS = (3e-4, 1e-3)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.errors import SSLBenchError
+from harness.core.errors import SSLBenchError
 
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07

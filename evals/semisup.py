@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from evals.finetune import _topk, predict, select_and_fit, train_classifier
-from harness.trainer import resolve_precision
+from harness.core.device import resolve_precision
 
 
 def semisup_eval(encoder, x_train, y_train, x_test, y_test, num_classes: int, mean, std, label_fraction: float,

@@ -17,35 +17,41 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
-from harness.errors import SSLBenchError
+from evals.protocols import HEADLINE, HEADLINE_METRICS, PROTOCOLS
+from harness.core.config import flatten, load_yaml, parse_overrides
+from harness.core.errors import SSLBenchError
+from harness.report import check
+from harness.report.compare import compare, load_selection, report
+from harness.report.export import export_leaderboard, replot
+from harness.run.evaluate import evaluate_target
+from harness.run.plugins import get_method, methods
+from harness.run.pretrain import pretrain
+from harness.run.suites import load_suite, run_suite, suite_configs
+from harness.tracking.provenance import git_info
+from harness.tracking.ui import serve_ui
+from harness.train.config import RunConfig, resolve
+from harness.train.optim import effective_optim
 
 OVERRIDES_HELP = ("config overrides as key=value, e.g. budget.kind=steps budget.value=200 optim.lr=0.1 "
                   "method_cfg.temperature=0.2 data.name=cifar10 data.data_dir=PATH (see 'sslbench pretrain --help')")
 
 
 def _config_keys_help() -> str:
-    from harness.config import RunConfig, flatten
-
     keys = flatten(RunConfig())
     return "config keys (defaults):\n" + "\n".join(f"  {k} = {v!r}" for k, v in keys.items() if k != "method_cfg") + \
         "\n  method_cfg.<key> = the method's own settings (see 'sslbench methods --verbose')"
 
 
-def _cfg(args, extra_base: dict | None = None):
-    from harness.config import load_yaml, parse_overrides, resolve
-
-    base = dict(extra_base or {})
-    if getattr(args, "config", None):
-        base.update(load_yaml(args.config))
-    return resolve(parse_overrides(args.overrides), base=base)
+def _cfg(args, overrides: dict | None = None) -> RunConfig:
+    base = load_yaml(args.config) if getattr(args, "config", None) else {}
+    return resolve({**parse_overrides(args.overrides), **(overrides or {})}, base=base)
 
 
 def cmd_pretrain(args) -> int:
-    from harness.runner import pretrain
-
     cfg = _cfg(args)
     state = pretrain(cfg, resume=args.resume, evaluate=not args.no_eval)
     if not state:  # a non-main DDP rank: rank 0 reports
@@ -64,14 +70,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_eval(args) -> int:
-    from harness.runner import evaluate_target
-
-    cfg = _cfg(args)
-    if args.protocols:
-        cfg.eval.protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
-        from harness.config import resolve
-
-        resolve({"eval.protocols": cfg.eval.protocols})  # validates the names
+    extra = {"eval.protocols": [p.strip() for p in args.protocols.split(",") if p.strip()]} if args.protocols else {}
+    cfg = _cfg(args, overrides=extra)   # the names are validated against the protocol table
     res = evaluate_target(args.target, cfg)
     _print_metrics(res["metrics"])
     print(f"mlflow run: {res['run_id']}")
@@ -79,18 +79,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from harness.config import parse_overrides
-    from harness.runner import load_suite, run_suite, suite_configs
-
     overrides = parse_overrides(args.overrides)
     suite_spec = args.suite
     if args.seeds or args.methods:
         spec = dict(load_suite(args.suite).__dict__)
         if args.seeds:
-            try:
-                spec["seeds"] = [int(s) for s in args.seeds.split(",")]
-            except ValueError:
-                raise SSLBenchError(f"--seeds takes comma-separated integers, got '{args.seeds}'") from None
+            spec["seeds"] = _seed_list(args.seeds)
         if args.methods:
             spec["methods"] = _method_list(args.methods)
         suite_spec = spec
@@ -98,14 +92,13 @@ def cmd_run(args) -> int:
     # the experiments the runs were logged to (the suite's name unless the suite or an override set another)
     names = dict.fromkeys(c.tracking.experiment for c in suite_configs(load_suite(suite_spec), overrides))
     command = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return max(_leaderboard(experiment=name, uri=overrides.get("tracking.uri"), out=args.out, command=command)
-               for name in names)
+    for name in names:
+        export_leaderboard(name, overrides.get("tracking.uri"), args.out, command=command)
+    return 0
 
 
 def _method_list(text: str) -> list[str]:
     """``--methods a,b,c`` (validated against the registry), or ``all`` for every registered method."""
-    from harness.registry import get_method, methods
-
     if text.strip() == "all":
         return list(methods())
     names = [m.strip() for m in text.split(",") if m.strip()]
@@ -114,44 +107,20 @@ def _method_list(text: str) -> list[str]:
     return names
 
 
-def _leaderboard(experiment: str | None, uri: str | None, out: str, dataset=None, backbone=None, budget=None,
-                 sort="knn/top1@20", command: str = "") -> int:
-    from harness import leaderboard as lb
-    from harness import tracking
-
-    runs = tracking.fetch_runs([experiment] if experiment else None, uri=uri)
-    tables = lb.build(runs, dataset=dataset, backbone=backbone, budget=budget, sort=sort)
-    if not tables:
-        where = f"experiment '{experiment}'" if experiment else "the store"
-        raise SSLBenchError(f"no finished runs in {where} ({tracking.tracking_uri(uri)}); run 'sslbench run' first")
-    for t in tables:
-        print()
-        print(lb.plain(t))
-    stem = "leaderboard"
-    out_dir = Path(out) / (experiment or "all")
-    runs = lb.current_runs(runs, tables)   # provenance and runs.csv: the records the tables show
-    paths = lb.write(tables, out_dir, stem, command=command, title=experiment or "all experiments",
-                     meta=lb.provenance(runs))
-    from harness.compare import runs_frame
-
-    runs_frame(runs).to_csv(out_dir / "runs.csv", index=False)  # per-run rows, for 'sslbench compare'
-    paths.append(out_dir / "runs.csv")
-    print("\nwritten: " + ", ".join(str(p) for p in paths))
+def cmd_leaderboard(args) -> int:
+    if args.replot:
+        replot(args.replot)
+        return 0
+    cmd = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    export_leaderboard(args.experiment, args.tracking_uri, args.out, args.dataset, args.backbone, args.budget,
+                       args.sort, command=cmd)
     return 0
 
 
-def cmd_leaderboard(args) -> int:
-    cmd = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return _leaderboard(args.experiment, args.tracking_uri, args.out, args.dataset, args.backbone, args.budget,
-                        args.sort, command=cmd)
-
-
 def cmd_compare(args) -> int:
-    from harness.compare import compare, load_selection, report
-
     a = load_selection(args.a, args.tracking_uri)
     b = load_selection(args.b, args.tracking_uri)
-    rows = compare(a, b, args.metric or ["knn/top1@20", "linear/top1"], args.tolerance)
+    rows = compare(a, b, args.metric or list(HEADLINE_METRICS), args.tolerance)
     print(report(rows, args.tolerance))
     regressions = [r for r in rows if r.verdict.startswith("regression")]
     if regressions:
@@ -162,111 +131,59 @@ def cmd_compare(args) -> int:
 
 
 def cmd_check(args) -> int:
-    import pandas as pd
-
-    from harness import check
-    from harness.config import parse_overrides
-    from harness.runner import load_suite, run_suite
-
     overrides = parse_overrides(args.overrides)
-    suite = load_suite(args.suite).__dict__
-    suite["seeds"] = [int(s) for s in args.seeds.split(",")] if args.seeds else suite["seeds"]
+    suite = dict(load_suite(args.suite).__dict__)
+    if args.seeds:
+        suite["seeds"] = _seed_list(args.seeds)
     if args.methods:
-        suite["methods"] = args.methods.split(",")
-    results = run_suite(dict(suite), overrides, resume=False)
-    rows = []
-    for r in results:
-        if "failed" in r:
-            rows.append({"method": r["config"]["method"], "seed": r["config"]["seed"], args.metric: float("nan")})
-        elif r.get("metrics"):
-            rows.append({"method": r["config"]["method"], "seed": r["config"]["seed"], args.metric: r["metrics"].get(args.metric)})
-    current = pd.DataFrame(rows)
+        suite["methods"] = _method_list(args.methods)
     baseline_path = Path(args.baseline)
+    baseline = None if args.update_baseline else check.load_baseline(baseline_path)  # before any training
+    results = run_suite(suite, overrides, resume=False)
+    current = check.current_values(results, args.metric)
     if args.update_baseline:
-        base = check.make_baseline(current, args.metric)
-        if (base["n"] < 3).any():
-            print("sslbench: warning: a baseline from fewer than 3 seeds has no useful variance band", file=sys.stderr)
-        baseline_path.parent.mkdir(parents=True, exist_ok=True)
-        base.to_csv(baseline_path, index=False)
-        print(base.to_string(index=False))
+        print(check.write_baseline(current, baseline_path, args.metric).to_string(index=False))
         print(f"baseline written: {baseline_path}")
         return 0
-    baseline = check.load_baseline(baseline_path)
-    baseline = baseline[baseline["method"].isin(suite["methods"])]
-    verdicts = check.judge(current, baseline, k=args.k, min_band=args.min_band)
+    verdicts, failed = check.gate(current, baseline, suite["methods"], k=args.k, min_band=args.min_band)
     print(check.table(verdicts))
-    failed = [v.method for v in verdicts if not v.ok]
     if failed:
-        print(f"CHECK FAILED: {', '.join(failed)} below the baseline band ({args.metric})", file=sys.stderr)
+        print(f"CHECK FAILED: {', '.join(failed)} outside the baseline band ({args.metric})", file=sys.stderr)
         return 1
     print("CHECK PASSED")
     return 0
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SSLBenchError(f"--seeds takes comma-separated integers, got '{text}'") from None
+
+
 def cmd_methods(args) -> int:
-    import dataclasses
-
-    from harness.registry import methods
-
     rows = [(e.name, e.family, e.paper, e.source) for e in methods().values()]
     w = [max(len(r[i]) for r in rows + [("method", "family", "paper", "source")]) for i in range(3)]
     print(f"{'method'.ljust(w[0])}  {'family'.ljust(w[1])}  paper")
-    for r in rows:
-        print(f"{r[0].ljust(w[0])}  {r[1].ljust(w[1])}  {r[2]}" + (f"  [{r[3]}]" if not r[3].startswith("methods.") else ""))
+    for name, family, paper, source in rows:
+        print(f"{name.ljust(w[0])}  {family.ljust(w[1])}  {paper}" + (f"  [{source}]" if not source.startswith("methods.") else ""))
         if args.verbose:
-            e = methods()[r[0]]
-            for f in dataclasses.fields(e.cls.Config):
-                print(f"    method_cfg.{f.name} = {getattr(e.cls.Config(), f.name)!r}")
-            print(f"    optimizer {e.cls.optimizer}, base lr {e.cls.base_lr} x batch/256, weight decay {e.cls.weight_decay}")
+            cls = get_method(name).cls
+            for k, v in flatten(cls.Config()).items():
+                print(f"    method_cfg.{k} = {v!r}")
+            opt = effective_optim(cls.optim, RunConfig().optim)   # what a run gets without a preset or override
+            betas = f", betas {opt.betas}" if opt.name == "adamw" else ""
+            eta = f", trust coefficient {opt.lars_eta}" if opt.name == "lars" else ""
+            mom = f", momentum {opt.momentum}" if opt.name != "adamw" else ""
+            print(f"    optimizer {opt.name}: lr {cls.optim.base_lr} x batch/256 (= {opt.lr:g} at batch "
+                  f"{RunConfig().optim.batch_size}), weight decay {opt.weight_decay:g}{mom}{betas}{eta}; "
+                  "no decay on biases/norms")
     return 0
 
 
 def cmd_ui(args) -> int:
-    import time
-    import urllib.request
-
-    from harness import tracking
-
-    uri = tracking.tracking_uri(args.tracking_uri)
-    tracking.client(uri)  # creates the store's schema (and checks a server URI) before the UI opens it
-    proc = tracking.start_ui(uri, "127.0.0.1", args.port)
-    url = f"http://127.0.0.1:{args.port}"
-    deadline = time.time() + args.start_timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise SSLBenchError(f"the MLflow UI exited at start ({err[-1] if err else 'no message'}); is port {args.port} free?")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        tracking_stop(proc)
-        raise SSLBenchError(f"the MLflow UI did not answer on {url} within {args.start_timeout:.0f}s")
-    print(f"MLflow UI: {url} (store {uri}); Ctrl-C to stop", flush=True)
-    try:
-        if args.duration:
-            time.sleep(args.duration)
-        else:
-            proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        tracking_stop(proc)
+    serve_ui(args.tracking_uri, args.port, args.start_timeout, args.duration)
     return 0
-
-
-def tracking_stop(proc) -> None:
-    import signal
-
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except Exception:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
              epilog=_config_keys_help())
     sp.add_argument("target", help="a checkpoint.pt written by 'sslbench pretrain', or a backbone name (e.g. cnn4, resnet18)")
     sp.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-    sp.add_argument("--protocols", help="comma-separated protocols: knn, linear, align_uniform (the default three), "
-                                          "linear_lbfgs, finetune, semisup (SimCLR v2 fine-tune + distil on label fractions)")
+    sp.add_argument("--protocols", help="comma-separated protocols (default: the config's eval.protocols):\n" +
+                    "\n".join(f"  {p.name}: {p.summary}" for p in PROTOCOLS.values()).replace("%", "%%"))
 
     sp = add("run", "run a suite (pretrain + evaluate several methods, plus random-init rows) and print the leaderboard",
              cmd_run, overrides=False)
@@ -311,15 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dataset")
     sp.add_argument("--backbone")
     sp.add_argument("--budget", help="e.g. seconds=240.0")
-    sp.add_argument("--sort", default="knn/top1@20", help="metric to sort rows by (default knn/top1@20)")
+    sp.add_argument("--sort", default=HEADLINE, help=f"metric to sort rows by (default {HEADLINE})")
     sp.add_argument("--out", default="results", help="output folder (default: results/)")
     sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+    sp.add_argument("--replot", metavar="CSV", help="only redraw the PNGs of a written leaderboard.csv, beside it "
+                                                     "(no store needed)")
 
     sp = add("compare", "compare two run sets (runs CSVs, commit:SHA or experiment:NAME); exit 1 on a regression",
              cmd_compare, overrides=False)
     sp.add_argument("a", help="baseline: a runs.csv, commit:SHA or experiment:NAME")
     sp.add_argument("b", help="candidate: a runs.csv, commit:SHA or experiment:NAME")
-    sp.add_argument("--metric", action="append", help="metric(s) to compare (default: knn/top1@20 and linear/top1)")
+    sp.add_argument("--metric", action="append", help=f"metric(s) to compare (default: {' and '.join(HEADLINE_METRICS)})")
     sp.add_argument("--tolerance", type=float, default=1.0, help="smallest drop (in metric units) called a regression")
     sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
 
@@ -329,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--suite", default="ci", help="suite name or YAML (default: ci)")
     sp.add_argument("--methods", help="comma-separated subset of the suite's methods")
     sp.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
-    sp.add_argument("--metric", default="knn/top1@20")
+    sp.add_argument("--metric", default=HEADLINE, help=f"the gated metric (default {HEADLINE})")
     sp.add_argument("--baseline", default=str(Path("results/ci/baseline.csv")))
     sp.add_argument("--update-baseline", action="store_true", help="write the baseline from this run's seeds")
     sp.add_argument("--k", type=float, default=3.0, help="band = max(k x seed std, --min-band)")
@@ -360,11 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check):
-        from harness.tracking import git_info
-
         git_info()  # pin the commit this process's code came from, before any long work
-    import signal
-
     def _terminate(signum, frame):  # SIGTERM (a scheduler, `kill`): mark runs KILLED, keep the last checkpoint
         raise KeyboardInterrupt
 

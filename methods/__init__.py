@@ -3,7 +3,7 @@
 from methods import (  # noqa: F401
     barlow_twins,
     byol,
-    contrastive_losses,
+    contrastive_objectives,
     cpc_v2,
     dino,
     instdisc,

@@ -14,7 +14,7 @@ towards the identity (eq. 1):
 The invariance term makes the embedding invariant to the distortions; the redundancy-
 reduction term decorrelates its dimensions, which prevents collapse without negatives,
 predictors, momentum encoders or stop-gradients (``methods.losses.barlow_twins_loss``).
-Under DDP the embeddings are gathered with gradient (``harness.distributed``), so the batch
+Under DDP the embeddings are gathered with gradient (``harness.gather_with_grad``), so the batch
 statistics and C are over the global batch, as in the paper (which all-reduces C).
 
 Paper defaults: projector 3 layers of 8192 units (Linear-BN-ReLU x 2, then Linear),
@@ -30,12 +30,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from harness.distributed import gather_with_grad
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import mlp
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import ConfigError, Method, OptimDefaults, ViewRecipe, at_least, gather_with_grad, mlp, positive, register_method
 from methods.losses import barlow_twins_loss
 
 
@@ -43,24 +38,19 @@ from methods.losses import barlow_twins_loss
 class BarlowTwinsConfig:
     proj_hidden: int = 8192
     proj_dim: int = 8192
-    proj_layers: int = 3
-    lambd: float = 5e-3           # weight of the redundancy-reduction (off-diagonal) term
-    bias_lr_scale: float = 0.024  # biases/BN LR relative to the weights' (0.0048 / 0.2)
+    proj_layers: int = at_least(3, 1)
+    lambd: float = positive(5e-3, allow_zero=True)   # weight of the redundancy-reduction (off-diagonal) term
+    bias_lr_scale: float = 0.024                     # biases/BN LR relative to the weights' (0.0048 / 0.2)
     blur: bool = True
 
 
 @register_method("barlow_twins", family="siamese", paper="Zbontar et al., 2021 (Barlow Twins)")
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
-    base_lr = 0.2
-    weight_decay = 1.5e-6
-    optimizer = "lars"
+    optim = OptimDefaults("lars", base_lr=0.2, weight_decay=1.5e-6)
 
     def __init__(self, backbone, cfg: BarlowTwinsConfig, info):
         super().__init__(backbone, cfg, info)
-        if cfg.lambd < 0 or cfg.proj_layers < 1:
-            raise ConfigError(f"barlow_twins: need method_cfg.lambd >= 0 and proj_layers >= 1, "
-                              f"got {cfg.lambd}, {cfg.proj_layers}")
         self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers)
 
     def view_recipe(self, info):

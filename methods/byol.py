@@ -8,7 +8,7 @@ no predictor, and its weights are an exponential moving average of the online on
     xi <- tau * xi + (1 - tau) * theta,   tau = 1 - (1 - tau_base) * (cos(pi * p) + 1) / 2
 
 with tau_base = 0.996 and p the fraction of training done, so tau rises from 0.996 to 1 by
-a cosine (``harness.nn.momentum_schedule``; the update runs in :meth:`BYOL.on_step_end`,
+a cosine (``harness.momentum_schedule``; the update runs in :meth:`BYOL.on_step_end`,
 after the optimiser step). From two augmented views v, v' of an image (BYOL's asymmetric
 augmentations: blur 1.0 / 0.1, solarisation 0 / 0.2, ``ViewRecipe.byol``) the online network
 outputs the prediction q(z) of its projection z = g(f(v)), the target network the projection
@@ -33,11 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import EMATeacher, mlp, momentum_schedule
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import EMATeacher, Method, OptimDefaults, ViewRecipe, between, mlp, momentum_schedule, ordered, register_method
 from methods.losses import byol_loss
 
 
@@ -46,26 +42,23 @@ class BYOLConfig:
     proj_hidden: int = 4096
     proj_dim: int = 256
     pred_hidden: int = 4096
-    base_momentum: float = 0.996   # tau at the start; cosine to final_momentum
-    final_momentum: float = 1.0
+    base_momentum: float = between(0.996, 0, 1)   # tau at the start; cosine to final_momentum
+    final_momentum: float = between(1.0, 0, 1)
     blur: bool = True
     crop_min_scale: float = 0.08   # random-resized-crop scale range (crop_min_scale, 1)
     predictor_lr_scale: float = 1.0  # predictor LR = scale x base LR (1 in the paper; a faster predictor
                                      # speeds up short runs, as DirectPred / SimSiam observed)
 
+    checks = (ordered("base_momentum", "final_momentum"),)
+
 
 @register_method("byol", family="siamese", paper="Grill et al., 2020 (BYOL)")
 class BYOL(Method):
     Config = BYOLConfig
-    base_lr = 0.2
-    weight_decay = 1.5e-6
-    optimizer = "lars"
+    optim = OptimDefaults("lars", base_lr=0.2, weight_decay=1.5e-6)
 
     def __init__(self, backbone, cfg: BYOLConfig, info):
         super().__init__(backbone, cfg, info)
-        if not 0.0 <= cfg.base_momentum <= cfg.final_momentum <= 1.0:
-            raise ConfigError(f"byol: need 0 <= base_momentum <= final_momentum <= 1, got "
-                             f"{cfg.base_momentum}, {cfg.final_momentum}")
         self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=2)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim, layers=2)
         # target network: EMA of (backbone, projector); in the state_dict, so checkpoints carry it

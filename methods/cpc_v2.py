@@ -40,19 +40,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.backbones import is_convnet
-from harness.distributed import gather_with_grad, rank
-from harness.errors import ConfigError
-from harness.method import Method, Requirements
-from harness.registry import register_method
-from harness.views import ViewRecipe, ViewSpec
+from harness import (
+    ConfigError,
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    ViewSpec,
+    at_least,
+    gather_with_grad,
+    is_convnet,
+    rank,
+    register_method,
+)
 
 
 @dataclass
 class CPCv2Config:
-    patch_size: int = 64          # 0: half the image side (small images: a 3x3 grid)
-    patch_stride: int = 32        # 0: half the patch size
-    pred_steps: int = 3           # K: predict 1..K rows below
+    patch_size: int = at_least(64, 0)   # 0: half the image side (small images: a 3x3 grid)
+    patch_stride: int = at_least(32, 0)  # 0: half the patch size
+    pred_steps: int = at_least(3, 1)    # K: predict 1..K rows below
     context_dim: int = 0          # width of the context network; 0 = the encoder's width
     context_layers: int = 3       # residual causal-conv blocks
     num_negatives: int = 0        # 0: every other patch of the batch; > 0: that many sampled patches
@@ -135,9 +142,7 @@ def cpc_loss(z: torch.Tensor, c: torch.Tensor, predictors: nn.ModuleList, num_ne
 class CPCv2(Method):
     Config = CPCv2Config
     requires = Requirements(min_image_size=16)
-    base_lr = 0.001
-    weight_decay = 1e-4
-    optimizer = "adamw"
+    optim = OptimDefaults("adamw", base_lr=0.001, weight_decay=1e-4)
 
     def __init__(self, backbone, cfg: CPCv2Config, info):
         if cfg.patch_size == 0:
@@ -148,8 +153,6 @@ class CPCv2(Method):
         if not is_convnet(backbone):
             raise ConfigError(f"{self.name} embeds image patches on their own: it needs a convolutional backbone "
                               "(e.g. cnn4, resnet18_cifar), not a ViT with a fixed input size")
-        if cfg.patch_size < 1 or cfg.patch_stride < 1 or cfg.pred_steps < 1:
-            raise ConfigError(f"{self.name}: method_cfg.patch_size, patch_stride and pred_steps must be >= 1")
         g = grid_size(info.image_size, cfg.patch_size, cfg.patch_stride)
         if g < cfg.pred_steps + 1:
             need = cfg.patch_size + cfg.pred_steps * cfg.patch_stride

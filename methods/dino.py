@@ -9,20 +9,20 @@ output dimensions:
 
 The teacher is not trained by gradients: its weights are an exponential moving average of
 the student's, theta_t <- l theta_t + (1 - l) theta_s, with l from 0.996 to 1 by a cosine
-over training (``harness.nn.EMATeacher``, ``momentum_schedule``). Collapse is avoided by
+over training (``harness.EMATeacher``, ``momentum_schedule``). Collapse is avoided by
 centring and sharpening the teacher output: c is an EMA of the teacher's batch mean,
 c <- m c + (1 - m) mean_b g_t(x_b) with m = 0.9, and tau_t is small, warmed up linearly from
-0.04 to 0.07 over the first part of training; tau_s = 0.1 (``harness.nn.Centering``).
+0.04 to 0.07 over the first part of training; tau_s = 0.1 (``harness.Centering``).
 
 Multi-crop: each image gives 2 global crops (scale 0.4-1, full resolution) and several
-local crops (scale 0.05-0.4, 96/224 of the side; ``ViewRecipe.multi_crop``). The teacher
+local crops (scale 0.05-0.4, 96/224 of the side; ``harness.MultiCrop``). The teacher
 sees only the global crops, the student all of them, and the loss is the cross-entropy
 between every teacher global crop and every student crop except the same view
 (``methods.losses.dino_loss``):
 
     L = mean over (x in {x1_g, x2_g}, x' in V, x' != x) of  -sum_k P_t(x)_k log P_s(x')_k
 
-The DINO head (``harness.nn.DINOHead``) is a 3-layer MLP (hidden 2048, GELU, no BN) to a
+The DINO head (``harness.DINOHead``) is a 3-layer MLP (hidden 2048, GELU, no BN) to a
 256-d bottleneck, L2-normalised, then a weight-normalised linear layer with K = 65536
 outputs whose norm is fixed (``norm_last_layer``); that last layer is frozen during the
 first epoch (``freeze_last_layer``, a progress fraction). Augmentations follow BYOL's:
@@ -40,53 +40,57 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from harness.errors import ConfigError
-from harness.method import Method, Requirements
-from harness.nn import Centering, DINOHead, EMATeacher, momentum_schedule, setup_multi_crop
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import (
+    Centering,
+    DINOHead,
+    EMATeacher,
+    Method,
+    MultiCrop,
+    MultiCropConfig,
+    OptimDefaults,
+    Requirements,
+    at_least,
+    between,
+    momentum_schedule,
+    ordered,
+    positive,
+    register_method,
+)
 from methods.losses import dino_loss
 
 
 @dataclass
-class DINOConfig:
-    out_dim: int = 65536              # K
-    head_hidden: int = 2048
-    head_bottleneck: int = 256
-    head_layers: int = 3
+class DINOConfig(MultiCropConfig):
+    out_dim: int = positive(65536)          # K
+    head_hidden: int = positive(2048)
+    head_bottleneck: int = positive(256)
+    head_layers: int = at_least(3, 1)
     head_bn: bool = False
     norm_last_layer: bool = True
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    teacher_temp_warmup: float = 0.3  # fraction of progress (paper: 30 of 100 epochs)
-    center_momentum: float = 0.9
-    base_momentum: float = 0.996      # teacher EMA, cosine to final_momentum
-    final_momentum: float = 1.0
-    freeze_last_layer: float = 0.01   # fraction of progress (paper: first epoch of 100)
-    n_local: int = 8
-    local_size: int = 0               # 0: 96/224 of the image side
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.4)
-    blur: bool = True
+    student_temp: float = positive(0.1)
+    warmup_teacher_temp: float = positive(0.04)
+    teacher_temp: float = positive(0.07)
+    teacher_temp_warmup: float = between(0.3, 0, 1)   # fraction of progress (paper: 30 of 100 epochs)
+    center_momentum: float = between(0.9, 0, 1)
+    base_momentum: float = between(0.996, 0, 1)       # teacher EMA, cosine to final_momentum
+    final_momentum: float = between(1.0, 0, 1)
+    freeze_last_layer: float = between(0.01, 0, 1)    # fraction of progress (paper: first epoch of 100)
+    n_local: int = at_least(8, 0)
+    global_scale: tuple[float, float] = between((0.4, 1.0), 0, 1)
+    local_scale: tuple[float, float] = between((0.05, 0.4), 0, 1)
+
+    checks = (ordered("base_momentum", "final_momentum"),)
 
 
 @register_method("dino", family="siamese", paper="Caron et al., 2021 (DINO)")
 class DINO(Method):
     Config = DINOConfig
     requires = Requirements(min_image_size=16)   # room for 8 px local crops
-    base_lr = 5e-4
-    weight_decay = 0.04
-    optimizer = "adamw"
+    optim = OptimDefaults("adamw", base_lr=5e-4, weight_decay=0.04)
 
     def __init__(self, backbone, cfg: DINOConfig, info):
         super().__init__(backbone, cfg, info)
-        if not 0.0 <= cfg.base_momentum <= cfg.final_momentum <= 1.0:
-            raise ConfigError(f"dino: need 0 <= base_momentum <= final_momentum <= 1, got "
-                              f"{cfg.base_momentum}, {cfg.final_momentum}")
-        if min(cfg.student_temp, cfg.teacher_temp, cfg.warmup_teacher_temp) <= 0 or cfg.n_local < 0:
-            raise ConfigError("dino: temperatures must be > 0 and method_cfg.n_local >= 0")
-        self.local_size = setup_multi_crop("dino", backbone, info.image_size, cfg.n_local, cfg.local_size)
+        self.multi_crop = MultiCrop("dino", backbone, info.image_size, cfg)
         self.head = DINOHead(backbone.num_features, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                              cfg.head_layers, cfg.head_bn, cfg.norm_last_layer)
         self.teacher = EMATeacher(self._student())
@@ -99,8 +103,7 @@ class DINO(Method):
 
     def view_recipe(self, info):
         c = self.cfg
-        r = ViewRecipe.multi_crop(info.image_size, self.local_size, c.n_local, tuple(c.global_scale),
-                                  tuple(c.local_scale), blur=c.blur)
+        r = self.multi_crop.recipe()
         g = r.specs[0]
         r.specs[0] = replace(g, blur_p=1.0 if c.blur else 0.0)
         r.specs[1] = replace(g, blur_p=0.1 if c.blur else 0.0, solarize_p=0.2)
@@ -116,13 +119,9 @@ class DINO(Method):
         return momentum_schedule(progress, self.cfg.base_momentum, self.cfg.final_momentum)
 
     def training_step(self, batch, step):
-        views = batch.views.images
-        glob, loc = views[:2], views[2:]
+        glob = batch.views.images[:2]
         self.head.last_layer.frozen_step = step.progress < self.cfg.freeze_last_layer
-        student = self._student()
-        s_out = list(student(torch.cat(glob)).chunk(2))           # same-size crops share one pass
-        if loc:
-            s_out += list(student(torch.cat(loc)).chunk(len(loc)))
+        s_out = MultiCrop.forward(self._student(), batch.views.images)   # the student sees every crop
         tau_t = self.teacher_temperature(step.progress)
         with torch.no_grad():
             t_logits = self.teacher(torch.cat(glob))

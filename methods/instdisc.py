@@ -3,7 +3,7 @@ Non-Parametric Instance Discrimination" (InstDisc / NPID).
 
 Every training image is its own class. The encoder and a linear layer map an image x_i to a
 128-d L2-normalised feature f_i = f(x_i); instead of class weights, a *memory bank* V holds one
-normalised feature v_j per training image (``harness.nn.MemoryBank``, a buffer, so checkpoints
+normalised feature v_j per training image (``harness.MemoryBank``, a buffer, so checkpoints
 carry it). The non-parametric softmax
 
     P(i | f) = exp(v_i . f / tau) / Z,   Z = sum_j exp(v_j . f / tau),   tau = 0.07
@@ -38,7 +38,7 @@ minute-scale CIFAR-10 run (10 -> 31 in 100 steps), and the exact softmax needs n
 Deviation for memory: one draw of m noise indices per step is shared by the whole batch (the
 paper's code draws m per sample, O(B m d) memory); every sample still sees m uniform noise
 samples. Under DDP each process draws its own noise, and the bank update gathers indices and
-features from every process (``harness.distributed.gather``) so all banks stay equal.
+features from every process (``harness.gather``) so all banks stay equal.
 
 Paper defaults: SGD, LR 0.03 at batch 256, momentum 0.9, weight decay 5e-4; augmentation:
 random resized crop (0.2-1), colour jitter 0.4, random grayscale 0.2, flip; one view per image.
@@ -53,26 +53,37 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.distributed import all_reduce_mean, gather
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import MemoryBank, mlp
-from harness.registry import register_method
-from harness.views import ViewRecipe, ViewSpec
+from harness import (
+    ConfigError,
+    MemoryBank,
+    Method,
+    OptimDefaults,
+    ViewRecipe,
+    ViewSpec,
+    all_reduce_mean,
+    at_least,
+    between,
+    choices,
+    gather,
+    mlp,
+    positive,
+    register_method,
+)
 from methods.losses import nce_log_partition, nce_loss
 
 
 @dataclass
 class InstDiscConfig:
-    temperature: float = 0.07
-    loss: str = "nce"             # "nce" (the paper's ImageNet estimator) or "softmax" (exact, eq. 2)
-    num_noise: int = 4096         # m, noise samples per data sample (loss=nce)
-    bank_momentum: float = 0.5
+    temperature: float = positive(0.07)
+    loss: str = choices("nce", "softmax", default="nce")   # "nce" (the paper's ImageNet estimator) or "softmax" (exact, eq. 2)
+    num_noise: int = at_least(4096, 1)   # m, noise samples per data sample (loss=nce)
+    bank_momentum: float = between(0.5, 0, 1, open_hi=True)
     proximal: float = 0.0         # lambda of the proximal term; 0 = off
     proj_dim: int = 128
     proj_hidden: int = 0          # 0: linear embedding layer (the paper's); > 0: 2-layer MLP
-    bank_init: str = "random"     # "random" (the paper's code) or "features": one pass of the initial
-                                  # network over the training set fills the bank before step 1
+    bank_init: str = choices("random", "features", default="random")   # "random" (the paper's code) or "features":
+                                                                      # one pass of the initial network over the
+                                                                      # training set fills the bank before step 1
     blur: bool = False
 
 
@@ -87,22 +98,10 @@ def instdisc_views(size: int, n: int = 1, blur: bool = False) -> ViewRecipe:
 @register_method("instdisc", family="memory", paper="Wu et al., 2018 (InstDisc / NPID)")
 class InstDisc(Method):
     Config = InstDiscConfig
-    base_lr = 0.03
-    weight_decay = 5e-4
-    optimizer = "sgd"
+    optim = OptimDefaults("sgd", base_lr=0.03, weight_decay=5e-4)
 
     def __init__(self, backbone, cfg: InstDiscConfig, info):
         super().__init__(backbone, cfg, info)
-        if not cfg.temperature > 0:
-            raise ConfigError(f"{self.name}: method_cfg.temperature must be > 0, got {cfg.temperature}")
-        if cfg.loss not in ("nce", "softmax"):
-            raise ConfigError(f"{self.name}: method_cfg.loss must be 'nce' or 'softmax', got {cfg.loss!r}")
-        if cfg.num_noise < 1:
-            raise ConfigError(f"{self.name}: method_cfg.num_noise must be >= 1, got {cfg.num_noise}")
-        if not 0.0 <= cfg.bank_momentum < 1.0:
-            raise ConfigError(f"{self.name}: method_cfg.bank_momentum must be in [0, 1), got {cfg.bank_momentum}")
-        if cfg.bank_init not in ("random", "features"):
-            raise ConfigError(f"{self.name}: method_cfg.bank_init must be 'random' or 'features', got {cfg.bank_init!r}")
         if info.num_train < 2:
             raise ConfigError(f"{self.name}: the memory bank needs at least 2 training images")
         d = backbone.num_features

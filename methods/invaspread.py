@@ -24,18 +24,14 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from harness.distributed import gather_with_grad
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import mlp
-from harness.registry import register_method
+from harness import Method, OptimDefaults, gather_with_grad, mlp, positive, register_method
 from methods.instdisc import instdisc_views
 from methods.losses import invaspread_loss
 
 
 @dataclass
 class InvaSpreadConfig:
-    temperature: float = 0.1
+    temperature: float = positive(0.1)
     proj_dim: int = 128
     proj_hidden: int = 0          # 0: linear embedding layer (the paper's); > 0: 2-layer MLP
     blur: bool = False
@@ -44,14 +40,10 @@ class InvaSpreadConfig:
 @register_method("invaspread", family="siamese", paper="Ye et al., 2019 (Invariant and Spreading Instance Feature)")
 class InvaSpread(Method):
     Config = InvaSpreadConfig
-    base_lr = 0.06                # 0.03 at batch 128
-    weight_decay = 5e-4
-    optimizer = "sgd"
+    optim = OptimDefaults("sgd", base_lr=0.06, weight_decay=5e-4)  # 0.03 at batch 128
 
     def __init__(self, backbone, cfg: InvaSpreadConfig, info):
         super().__init__(backbone, cfg, info)
-        if not cfg.temperature > 0:
-            raise ConfigError(f"{self.name}: method_cfg.temperature must be > 0, got {cfg.temperature}")
         d = backbone.num_features
         self.projector_head = mlp(d, cfg.proj_hidden, cfg.proj_dim) if cfg.proj_hidden > 0 else nn.Linear(d, cfg.proj_dim)
 

@@ -1,13 +1,15 @@
 """Loss functions shared by methods. Each cites its paper and states its formula.
 
 Distributed gathers are not done here: callers pass already-gathered tensors
-(``harness.distributed.gather_with_grad``), so no loss does its own reduction.
+(``harness.gather_with_grad``), so no loss does its own reduction.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from harness import align_loss, uniform_loss
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -172,7 +174,7 @@ def dino_loss(teacher_probs: list[torch.Tensor], student_logits: list[torch.Tens
     """DINO self-distillation (Caron et al., 2021), eq. 3 and Algorithm 1.
 
     ``teacher_probs`` are P_t(x) = softmax((g_t(x) - c) / tau_t) of the global crops
-    (``harness.nn.Centering``, no gradient), ``student_logits`` g_s(x') of every crop, the
+    (``harness.Centering``, no gradient), ``student_logits`` g_s(x') of every crop, the
     global crops first in the same order. With P_s = softmax(g_s / tau_s):
 
         L = mean over (x in globals, x' in all crops, x' != x) of  -sum_k P_t(x)_k log P_s(x')_k
@@ -370,15 +372,13 @@ def align_uniform_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0, t
     Representation Learning through Alignment and Uniformity on the Hypersphere").
 
     On normalised features x = f(view 1), y = f(view 2) of N positive pairs, with the evaluator's
-    functions (``evals.align_uniform``; the same code scores every method):
+    functions (the same code scores every method):
 
         L = L_align(x, y; alpha) + lam * (L_uniform(x; t) + L_uniform(y; t)) / 2
         L_align = mean_i ||x_i - y_i||^alpha,   L_uniform(x) = log mean_{i<j} exp(-t ||x_i - x_j||^2)
 
-    (the paper's reference code). Defaults alpha = 2, t = 2, lam = 1.
+    (the paper's reference code; the functions of ``harness.core.hypersphere``). Defaults alpha = 2, t = 2, lam = 1.
     """
-    from evals.align_uniform import align_loss, uniform_loss  # lazy: keeps methods importable without evals' deps
-
     x = F.normalize(z1.float(), dim=1)
     y = F.normalize(z2.float(), dim=1)
     return align_loss(x, y, alpha) + lam * (uniform_loss(x, t) + uniform_loss(y, t)) / 2

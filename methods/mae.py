@@ -37,22 +37,21 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from harness.errors import ConfigError
-from harness.method import Method, Requirements
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import ConfigError, Method, OptimDefaults, Requirements, ViewRecipe, between, positive, register_method
 from methods.losses import mae_loss
 
 
 @dataclass
 class MAEConfig:
-    mask_ratio: float = 0.75
+    mask_ratio: float = between(0.75, 0, 1, open_hi=True)
     decoder_dim: int = 512
     decoder_depth: int = 8
-    decoder_heads: int = 16
+    decoder_heads: int = positive(16)
     norm_pix_loss: bool = True
     fixed_pos_embed: bool = True    # fixed 2-D sin-cos position embeddings in the encoder too
     crop_min_scale: float = 0.2
+
+    checks = ((lambda c: c.decoder_dim % c.decoder_heads == 0, "decoder_dim divisible by decoder_heads"),)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -124,19 +123,12 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, num_prefix: int = 0)
 class MAE(Method):
     Config = MAEConfig
     requires = Requirements(vit=True)
-    base_lr = 1.5e-4
-    weight_decay = 0.05
-    optimizer = "adamw"
+    optim = OptimDefaults("adamw", base_lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))
 
     def __init__(self, backbone, cfg: MAEConfig, info):
         super().__init__(backbone, cfg, info)
         from timm.models.vision_transformer import Block
 
-        if not 0.0 <= cfg.mask_ratio < 1.0:
-            raise ConfigError(f"mae: method_cfg.mask_ratio must be in [0, 1), got {cfg.mask_ratio}")
-        if cfg.decoder_dim % cfg.decoder_heads:
-            raise ConfigError(f"mae: method_cfg.decoder_dim={cfg.decoder_dim} is not divisible by "
-                              f"method_cfg.decoder_heads={cfg.decoder_heads}")
         vit = backbone
         if getattr(vit, "dynamic_img_size", False):
             raise ConfigError("mae: ViT backbones with dynamic_img_size are not supported")

@@ -10,8 +10,8 @@ the query encoder's slowly,
 
 encodes the other view into the positive key k+. The dictionary is a FIFO queue of the K
 most recent keys (K = 65536): after each step the batch's keys, gathered from every process
-(``harness.distributed.gather``), are enqueued and the oldest dequeued. The queue is a
-buffer (``harness.nn.FeatureQueue``), so it is saved in checkpoints and a resumed run uses
+(``harness.gather``), are enqueued and the oldest dequeued. The queue is a
+buffer (``harness.FeatureQueue``), so it is saved in checkpoints and a resumed run uses
 the same negatives. With L2-normalised q, k and temperature tau, the loss is InfoNCE with
 the queue as negatives (``methods.losses.info_nce``):
 
@@ -51,12 +51,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.distributed import gather
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import EMATeacher, FeatureQueue, mlp
-from harness.registry import register_method
-from harness.views import ViewRecipe, ViewSpec
+from harness import (
+    EMATeacher,
+    FeatureQueue,
+    Method,
+    OptimDefaults,
+    ViewRecipe,
+    ViewSpec,
+    at_least,
+    between,
+    gather,
+    mlp,
+    register_method,
+)
 from methods.losses import info_nce
 
 
@@ -65,13 +72,13 @@ class MoCoConfig:
     """MoCo v1 defaults (He et al., 2020)."""
 
     temperature: float = 0.07
-    queue_size: int = 65536
-    momentum: float = 0.999
+    queue_size: int = at_least(65536, 1)
+    momentum: float = between(0.999, 0, 1)
     proj_dim: int = 128
     proj_hidden: int = 0          # 0: linear projector (v1); > 0: MLP with this hidden width (v2)
     blur: bool = False
     shuffle_bn: bool = True       # single-process substitute for shuffled BN (see module docstring)
-    bn_splits: int = 8            # BN groups per batch (the paper's 8 GPUs)
+    bn_splits: int = at_least(8, 1)   # BN groups per batch (the paper's 8 GPUs)
 
 
 @dataclass
@@ -112,17 +119,11 @@ def moco_v1_views(size: int) -> ViewRecipe:
 @register_method("moco", family="memory", paper="He et al., 2020 (MoCo)")
 class MoCo(Method):
     Config = MoCoConfig
-    base_lr = 0.03
-    weight_decay = 1e-4
-    optimizer = "sgd"
+    optim = OptimDefaults("sgd", base_lr=0.03, weight_decay=1e-4)
     global_bn = False  # per-process BN with shuffling (split BN on one process), as the paper
 
     def __init__(self, backbone, cfg: MoCoConfig, info):
         super().__init__(backbone, cfg, info)
-        if not 0.0 <= cfg.momentum <= 1.0:
-            raise ConfigError(f"{self.name}: method_cfg.momentum must be in [0, 1], got {cfg.momentum}")
-        if cfg.queue_size < 1 or cfg.bn_splits < 1:
-            raise ConfigError(f"{self.name}: method_cfg.queue_size and method_cfg.bn_splits must be >= 1")
         d = backbone.num_features
         if cfg.proj_hidden > 0:
             self.projector_head = mlp(d, cfg.proj_hidden, cfg.proj_dim, layers=2, bn=False)

@@ -4,7 +4,7 @@ Transformers".
 MoCo without the queue. Two crops x1, x2 of each image are encoded by a query encoder f_q
 (backbone, projection MLP, and a prediction MLP) into q1, q2, and by a momentum encoder f_k
 (backbone and projection MLP, no predictor) into k1, k2. The momentum encoder is an EMA of
-the query encoder's backbone and projector (``harness.nn.EMATeacher``),
+the query encoder's backbone and projector (``harness.EMATeacher``),
 
     theta_k <- m theta_k + (1 - m) theta_q,   m from 0.99 to 1 by a cosine over training,
 
@@ -35,43 +35,47 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness.backbones import is_vit
-from harness.distributed import gather, gather_with_grad
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import EMATeacher, mlp, momentum_schedule
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import (
+    EMATeacher,
+    Method,
+    OptimDefaults,
+    ViewRecipe,
+    at_least,
+    between,
+    gather,
+    gather_with_grad,
+    is_vit,
+    mlp,
+    momentum_schedule,
+    ordered,
+    positive,
+    register_method,
+)
 from methods.losses import moco_v3_loss
 
 
 @dataclass
 class MoCoV3Config:
-    temperature: float = 0.2
+    temperature: float = positive(0.2)
     proj_hidden: int = 4096
     proj_dim: int = 256
-    proj_layers: int = 0          # 0: 2 for convnets, 3 for ViTs (paper)
+    proj_layers: int = at_least(0, 0)   # 0: 2 for convnets, 3 for ViTs (paper)
     pred_hidden: int = 4096
-    base_momentum: float = 0.99   # cosine to final_momentum
-    final_momentum: float = 1.0
+    base_momentum: float = between(0.99, 0, 1)   # cosine to final_momentum
+    final_momentum: float = between(1.0, 0, 1)
     freeze_patch_embed: bool = True  # ViT only: keep the random patch projection fixed
     blur: bool = True
+
+    checks = (ordered("base_momentum", "final_momentum"),)
 
 
 @register_method("moco_v3", family="memory", paper="Chen, Xie & He, 2021 (MoCo v3)")
 class MoCoV3(Method):
     Config = MoCoV3Config
-    base_lr = 0.6
-    weight_decay = 1e-6
-    optimizer = "lars"
+    optim = OptimDefaults("lars", base_lr=0.6, weight_decay=1e-6)
 
     def __init__(self, backbone, cfg: MoCoV3Config, info):
         super().__init__(backbone, cfg, info)
-        if not 0.0 <= cfg.base_momentum <= cfg.final_momentum <= 1.0:
-            raise ConfigError(f"moco_v3: need 0 <= base_momentum <= final_momentum <= 1, got "
-                              f"{cfg.base_momentum}, {cfg.final_momentum}")
-        if cfg.temperature <= 0 or cfg.proj_layers < 0:
-            raise ConfigError("moco_v3: need method_cfg.temperature > 0 and method_cfg.proj_layers >= 0")
         vit = is_vit(backbone)
         if vit and cfg.freeze_patch_embed:
             for p in backbone.patch_embed.proj.parameters():

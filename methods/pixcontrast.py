@@ -38,9 +38,9 @@ additional instance-level (BYOL) branch and the FPN head. The backbone must expo
 feature map (cnn4 / cnn4_wide / the timm ResNets, e.g. resnet18_cifar); others are refused
 before training. ``encoder()`` is the online backbone.
 
-The crop geometry (:func:`harness.views.positive_mask`) lives with the views' crop boxes, and
-the spatial feature map (:func:`harness.backbones.feature_map`) with the backbones, for every
-dense method to use.
+The crop geometry (:func:`harness.positive_mask`, ``harness.data.geometry``) lives with the
+views' crop boxes, and the spatial feature map (:func:`harness.feature_map`) with the backbones,
+for every dense method to use.
 """
 
 from __future__ import annotations
@@ -51,14 +51,25 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.backbones import feature_map, has_feature_map  # noqa: F401  (re-exported)
-from harness.config import choices
-from harness.distributed import gather, rank
-from harness.errors import ConfigError
-from harness.method import Method, Requirements
-from harness.nn import EMATeacher, mlp, momentum_schedule
-from harness.registry import register_method
-from harness.views import ViewRecipe, cell_diagonal, pixel_centres, positive_mask  # noqa: F401  (re-exported)
+from harness import (
+    ConfigError,
+    EMATeacher,
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    between,
+    choices,
+    feature_map,
+    gather,
+    has_feature_map,
+    mlp,
+    momentum_schedule,
+    positive,
+    positive_mask,
+    rank,
+    register_method,
+)
 
 
 class PixelEncoder(nn.Module):
@@ -130,11 +141,11 @@ class PixContrastConfig:
     variant: str = choices("pixpro", "pixcontrast", default="pixpro")
     proj_hidden: int = 4096
     proj_dim: int = 256
-    pos_threshold: float = 0.7    # T, in feature-map cells
-    temperature: float = 0.3      # PixContrast
+    pos_threshold: float = positive(0.7)   # T, in feature-map cells
+    temperature: float = positive(0.3)     # PixContrast
     negatives: str = choices("batch", "image", default="batch")   # PixContrast's negative set
     ppm_gamma: float = 2.0        # PixPro: sharpness of the propagation similarity
-    ppm_layers: int = 1           # PixPro: transform g: 0 identity, 1 linear, 2 MLP
+    ppm_layers: int = between(1, 0, 2)   # PixPro: transform g: 0 identity, 1 linear, 2 MLP
     base_momentum: float = 0.99   # momentum encoder, cosine to final_momentum
     final_momentum: float = 1.0
     crop_min_scale: float = 0.08
@@ -145,19 +156,13 @@ class PixContrastConfig:
 class PixContrast(Method):
     Config = PixContrastConfig
     requires = Requirements(min_image_size=16)
-    base_lr = 1.0
-    weight_decay = 1e-5
-    optimizer = "lars"
+    optim = OptimDefaults("lars", base_lr=1.0, weight_decay=1e-5)
 
     def __init__(self, backbone, cfg: PixContrastConfig, info):
         super().__init__(backbone, cfg, info)
         if not has_feature_map(backbone):
             raise ConfigError(f"{self.name} needs a backbone with a spatial feature map (cnn4, cnn4_wide, resnet18_cifar, "
                               f"resnet50_cifar or a timm ResNet); got {type(backbone).__name__}")
-        if cfg.ppm_layers not in (0, 1, 2):
-            raise ConfigError(f"{self.name}: method_cfg.ppm_layers must be 0, 1 or 2, got {cfg.ppm_layers}")
-        if not cfg.temperature > 0 or not cfg.pos_threshold > 0:
-            raise ConfigError(f"{self.name}: method_cfg.temperature and method_cfg.pos_threshold must be > 0")
         h, w, c = self._map_shape(backbone, info)
         if h * w < 2:
             raise ConfigError(f"{self.name}: the backbone's feature map on {info.image_size} px images is {h}x{w}; "

@@ -26,18 +26,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import mlp
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import ConfigError, Method, OptimDefaults, ViewRecipe, between, mlp, register_method
 from methods.losses import rotation_targets
 
 
 @dataclass
 class RotNetConfig:
     head_hidden: int = 0            # 0: linear 4-way classifier on backbone features; > 0: MLP (BN, ReLU)
-    crop_min_scale: float = 0.2     # random-resized-crop scale range (crop_min_scale, 1)
+    crop_min_scale: float = between(0.2, 0, 1, open_lo=True)   # random-resized-crop scale range (crop_min_scale, 1)
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,14 +48,10 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @register_method("rotnet", family="pretext", paper="Gidaris et al., 2018 (RotNet)")
 class RotNet(Method):
     Config = RotNetConfig
-    base_lr = 0.1
-    weight_decay = 5e-4
-    optimizer = "sgd"
+    optim = OptimDefaults("sgd", base_lr=0.1, weight_decay=5e-4)
 
     def __init__(self, backbone, cfg: RotNetConfig, info):
         super().__init__(backbone, cfg, info)
-        if not 0.0 < cfg.crop_min_scale <= 1.0:
-            raise ConfigError(f"rotnet: method_cfg.crop_min_scale must be in (0, 1], got {cfg.crop_min_scale}")
         d = backbone.num_features
         self.head = mlp(d, cfg.head_hidden, 4, layers=2) if cfg.head_hidden > 0 else nn.Linear(d, 4)
 

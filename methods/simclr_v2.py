@@ -10,7 +10,7 @@ The pretraining stage of SimCLR v2 is SimCLR (``methods.simclr``) with two chang
    that first layer (Linear-BN-ReLU), the features a fine-tuning or probing evaluation uses.
 2. Optionally, MoCo's memory of negatives (He et al., 2020): a momentum (EMA) copy of encoder
    and head, theta_k <- m theta_k + (1 - m) theta, encodes each view into keys, which are
-   enqueued into a FIFO queue of K negatives (``harness.nn.EMATeacher``, ``FeatureQueue``).
+   enqueued into a FIFO queue of K negatives (``harness.EMATeacher``, ``FeatureQueue``).
    The paper reports a small gain (~1%) at small batch sizes and none at large ones, so it
    is off by default (``queue_size = 0``).
 
@@ -37,61 +37,59 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.distributed import gather, gather_with_grad
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import EMATeacher, FeatureQueue, mlp
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import (
+    EMATeacher,
+    FeatureQueue,
+    OptimDefaults,
+    TwoViewConfig,
+    TwoViewMethod,
+    at_least,
+    between,
+    gather,
+    mlp,
+    positive,
+    register_method,
+)
 from methods.losses import nt_xent, symmetric_info_nce
 
 
 @dataclass
-class SimCLRv2Config:
-    temperature: float = 0.1
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    proj_layers: int = 3
-    queue_size: int = 0           # 0: no memory (default); > 0: MoCo-style queue of negatives
-    momentum: float = 0.999       # key encoder EMA momentum (only with the queue)
-    blur: bool = True
-    jitter_strength: float = 1.0
+class SimCLRv2Config(TwoViewConfig):
+    temperature: float = positive(0.1)
+    proj_layers: int = at_least(3, 2)   # >= 2: fine-tuning starts from the first head layer
+    queue_size: int = at_least(0, 0)    # 0: no memory (default); > 0: MoCo-style queue of negatives
+    momentum: float = between(0.999, 0, 1)  # key encoder EMA momentum (only with the queue)
 
 
 @register_method("simclr_v2", family="siamese", paper="Chen et al., 2020b (SimCLR v2)")
-class SimCLRv2(Method):
+class SimCLRv2(TwoViewMethod):
     Config = SimCLRv2Config
-    base_lr = 0.4
-    weight_decay = 1e-4
-    optimizer = "lars"
+    optim = OptimDefaults("lars", base_lr=0.4, weight_decay=1e-4)
 
     def __init__(self, backbone, cfg: SimCLRv2Config, info):
         super().__init__(backbone, cfg, info)
-        if cfg.proj_layers < 2:
-            raise ConfigError(f"simclr_v2: method_cfg.proj_layers must be >= 2 (fine-tuning starts from the "
-                              f"first head layer), got {cfg.proj_layers}")
-        if cfg.queue_size < 0 or not 0.0 <= cfg.momentum <= 1.0:
-            raise ConfigError("simclr_v2: need method_cfg.queue_size >= 0 and 0 <= method_cfg.momentum <= 1")
-        self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers,
-                                  last_bn=True)
         if cfg.queue_size > 0:
             self.key_encoder = EMATeacher(self._online())
             self.queue = FeatureQueue(cfg.queue_size, cfg.proj_dim)
         self._pending: torch.Tensor | None = None
 
+    def make_projector(self, in_dim: int) -> nn.Module:
+        # 3 layers (Linear-BN-ReLU x 2, then Linear-BN), hidden width = encoder width
+        return mlp(in_dim, self.cfg.proj_hidden, self.cfg.proj_dim, layers=self.cfg.proj_layers, last_bn=True)
+
     def _online(self) -> nn.Sequential:
         # built on the fly (not a registered submodule), so weights are not listed twice
         return nn.Sequential(self.backbone, self.projector_head)
 
-    def view_recipe(self, info):
-        return ViewRecipe.simclr(info.image_size, blur=self.cfg.blur, strength=self.cfg.jitter_strength)
+    def objective(self, z1, z2, step):   # without the queue: NT-Xent, as SimCLR
+        return {"loss": nt_xent(z1, z2, self.cfg.temperature)}
 
     def training_step(self, batch, step):
+        if self.cfg.queue_size == 0:
+            return super().training_step(batch, step)
         x1, x2 = batch.views.images[:2]
         z1 = self.projector_head(self.backbone(x1))
         z2 = self.projector_head(self.backbone(x2))
-        if self.cfg.queue_size == 0:
-            return {"loss": nt_xent(gather_with_grad(z1), gather_with_grad(z2), self.cfg.temperature)}
         with torch.no_grad():
             k1 = F.normalize(self.key_encoder(x1).float(), dim=1)
             k2 = F.normalize(self.key_encoder(x2).float(), dim=1)

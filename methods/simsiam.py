@@ -36,11 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.method import Method
-from harness.nn import mlp
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import Method, OptimDefaults, ViewRecipe, at_least, mlp, register_method
 from methods.losses import simsiam_loss
 
 
@@ -48,7 +44,7 @@ from methods.losses import simsiam_loss
 class SimSiamConfig:
     proj_hidden: int = 2048
     proj_dim: int = 2048
-    proj_layers: int = 3          # 3 on ImageNet, 2 in the paper's CIFAR experiments
+    proj_layers: int = at_least(3, 2)   # 3 on ImageNet, 2 in the paper's CIFAR experiments
     pred_hidden: int = 512        # the bottleneck of the predictor
     fix_pred_lr: bool = True      # predictor LR not decayed
     blur: bool = True
@@ -66,14 +62,10 @@ def split_decay(params) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
 @register_method("simsiam", family="siamese", paper="Chen & He, 2021 (SimSiam)")
 class SimSiam(Method):
     Config = SimSiamConfig
-    base_lr = 0.05
-    weight_decay = 1e-4
-    optimizer = "sgd"
+    optim = OptimDefaults("sgd", base_lr=0.05, weight_decay=1e-4)
 
     def __init__(self, backbone, cfg: SimSiamConfig, info):
         super().__init__(backbone, cfg, info)
-        if cfg.proj_layers < 2:
-            raise ConfigError(f"simsiam: method_cfg.proj_layers must be >= 2, got {cfg.proj_layers}")
         self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=cfg.proj_layers,
                                   last_bn=True)
         self.predictor = mlp(cfg.proj_dim, cfg.pred_hidden, cfg.proj_dim, layers=2)

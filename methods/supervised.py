@@ -17,9 +17,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.method import Method
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import Method, OptimDefaults, ViewRecipe, register_method
 
 
 @dataclass
@@ -31,9 +29,7 @@ class SupervisedConfig:
 @register_method("supervised", family="baseline", paper="supervised training with labels (ceiling baseline)")
 class Supervised(Method):
     Config = SupervisedConfig
-    base_lr = 0.1
-    weight_decay = 5e-4
-    optimizer = "sgd"
+    optim = OptimDefaults("sgd", base_lr=0.1, weight_decay=5e-4)
     uses_labels = True
 
     def __init__(self, backbone, cfg: SupervisedConfig, info):

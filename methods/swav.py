@@ -5,7 +5,7 @@ Online clustering with swapped prediction. Each crop x_v of an image is encoded 
 backbone and a projection MLP into an L2-normalised feature z_v, and scored against K
 trainable prototypes C = [c_1 .. c_K] (unit vectors, re-normalised after every step):
 s_v = z_v^T C. Codes q_v are computed from the scores of a batch by the Sinkhorn-Knopp
-algorithm (``harness.nn.sinkhorn_knopp``: 3 iterations, eps = 0.05), which makes the
+algorithm (``harness.sinkhorn_knopp``: 3 iterations, eps = 0.05), which makes the
 assignments soft and equipartitioned over the prototypes, so they cannot all collapse to
 one. The loss predicts each global crop's code from every other crop (swapped prediction,
 eq. 1-2; ``methods.losses.swav_loss``):
@@ -17,10 +17,10 @@ with tau = 0.1. Codes carry no gradient; the prototypes are learnt with the netw
 during the first epoch (``freeze_prototypes``, a progress fraction), when they stay at their
 random initialisation.
 
-Multi-crop (``ViewRecipe.multi_crop``): 2 global crops (scale 0.14-1) and 6 local crops at
+Multi-crop (``harness.MultiCrop``): 2 global crops (scale 0.14-1) and 6 local crops at
 96/224 of the side (scale 0.05-0.14); codes are computed for the global crops only. Small
 batches: with ``queue_size`` > 0 the features of the last ``queue_size`` images of each global
-crop (per process, as in the paper) are kept (``harness.nn.FeatureQueue``) from
+crop (per process, as in the paper) are kept (``harness.FeatureQueue``) from
 ``queue_start`` on, and once full they join the batch in Sinkhorn-Knopp, so the
 equipartition is enforced over queue + batch (paper: 3840 at batch 256, from epoch 15).
 
@@ -37,47 +37,49 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.errors import ConfigError
-from harness.method import Method, Requirements
-from harness.nn import FeatureQueue, frozen, mlp, setup_multi_crop, sinkhorn_knopp
-from harness.registry import register_method
-from harness.views import ViewRecipe
+from harness import (
+    FeatureQueue,
+    Method,
+    MultiCrop,
+    MultiCropConfig,
+    OptimDefaults,
+    Requirements,
+    at_least,
+    between,
+    frozen,
+    mlp,
+    positive,
+    register_method,
+    sinkhorn_knopp,
+)
 from methods.losses import swav_loss
 
 
 @dataclass
-class SwAVConfig:
-    n_prototypes: int = 3000          # K
-    proj_hidden: int = 2048
-    proj_dim: int = 128
-    temperature: float = 0.1
-    epsilon: float = 0.05             # Sinkhorn-Knopp entropic regularisation
-    sinkhorn_iters: int = 3
-    freeze_prototypes: float = 0.01   # fraction of progress (paper: first epoch, 313 iterations)
-    queue_size: int = 0               # per global crop and process; 0: no queue
-    queue_start: float = 0.15         # fraction of progress when features start to be queued
-    n_local: int = 6
-    local_size: int = 0               # 0: 96/224 of the image side
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    blur: bool = True
+class SwAVConfig(MultiCropConfig):
+    n_prototypes: int = at_least(3000, 2)          # K
+    proj_hidden: int = positive(2048)
+    proj_dim: int = positive(128)
+    temperature: float = positive(0.1)
+    epsilon: float = positive(0.05)               # Sinkhorn-Knopp entropic regularisation
+    sinkhorn_iters: int = at_least(3, 1)
+    freeze_prototypes: float = between(0.01, 0, 1)  # fraction of progress (paper: first epoch, 313 iterations)
+    queue_size: int = at_least(0, 0)              # per global crop and process; 0: no queue
+    queue_start: float = between(0.15, 0, 1)      # fraction of progress when features start to be queued
+    n_local: int = at_least(6, 0)
+    global_scale: tuple[float, float] = between((0.14, 1.0), 0, 1)
+    local_scale: tuple[float, float] = between((0.05, 0.14), 0, 1)
 
 
 @register_method("swav", family="siamese", paper="Caron et al., 2020 (SwAV)")
 class SwAV(Method):
     Config = SwAVConfig
     requires = Requirements(min_image_size=16)   # room for 8 px local crops
-    base_lr = 0.3
-    weight_decay = 1e-6
-    optimizer = "lars"
+    optim = OptimDefaults("lars", base_lr=0.3, weight_decay=1e-6)
 
     def __init__(self, backbone, cfg: SwAVConfig, info):
         super().__init__(backbone, cfg, info)
-        if cfg.n_prototypes < 2 or cfg.sinkhorn_iters < 1 or cfg.n_local < 0 or cfg.queue_size < 0:
-            raise ConfigError("swav: need method_cfg.n_prototypes >= 2, sinkhorn_iters >= 1, n_local >= 0, queue_size >= 0")
-        if cfg.temperature <= 0 or cfg.epsilon <= 0:
-            raise ConfigError("swav: method_cfg.temperature and method_cfg.epsilon must be > 0")
-        self.local_size = setup_multi_crop("swav", backbone, info.image_size, cfg.n_local, cfg.local_size)
+        self.multi_crop = MultiCrop("swav", backbone, info.image_size, cfg)
         self.projector_head = mlp(backbone.num_features, cfg.proj_hidden, cfg.proj_dim, layers=2)
         self.prototypes = nn.Linear(cfg.proj_dim, cfg.n_prototypes, bias=False)
         self._normalize_prototypes()
@@ -91,9 +93,7 @@ class SwAV(Method):
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
 
     def view_recipe(self, info):
-        c = self.cfg
-        r = ViewRecipe.multi_crop(info.image_size, self.local_size, c.n_local, tuple(c.global_scale),
-                                  tuple(c.local_scale), blur=c.blur)
+        r = self.multi_crop.recipe()
         r.specs = [replace(s, jitter=(0.8, 0.8, 0.8, 0.2)) for s in r.specs]   # colour strength 0.8
         return r
 
@@ -104,12 +104,8 @@ class SwAV(Method):
         return self.cfg.queue_size > 0 and int(self.queued) >= self.cfg.queue_size
 
     def training_step(self, batch, step):
-        views = batch.views.images
-        glob, loc = views[:2], views[2:]
-        bs = glob[0].shape[0]
-        z = list(self._embed(torch.cat(glob)).chunk(2))            # same-size crops share one pass
-        if loc:
-            z += list(self._embed(torch.cat(loc)).chunk(len(loc)))
+        bs = batch.views.images[0].shape[0]
+        z = MultiCrop.forward(self._embed, batch.views.images)
         w = self.prototypes.weight
         if step.progress < self.cfg.freeze_prototypes:
             w = frozen(w)

@@ -10,12 +10,16 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
+from harness.run.plugins import load_plugins  # noqa: E402
+
+load_plugins()   # tests build methods by name (the CLI and harness.run do this themselves)
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 CIFAR_NPZ = os.path.abspath(os.path.join(SHARED, "cifar10.npz"))
 
 
 @pytest.fixture
 def synthetic():
-    from harness.data import synthetic as make
+    from harness.data.sources import synthetic as make
 
     return make(n_train=256, n_test=128, image_size=16, channels=3, num_classes=4)

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from conftest import CIFAR_NPZ
-from harness import check
+from harness.report import check
 
 
 def test_band_from_seed_variance():

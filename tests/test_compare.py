@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.compare import compare
-from harness.errors import SSLBenchError
+from harness.core.errors import SSLBenchError
+from harness.report.compare import compare
 
 
 def _runs(shift: dict, noise: float, seed: int) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 import pytest
 
-from harness.config import RunConfig, flatten, parse_overrides, resolve
-from harness.errors import ConfigError
+from harness.core.config import flatten, parse_overrides
+from harness.core.errors import ConfigError
+from harness.train.config import RunConfig, resolve
 
 
 def test_defaults_and_overrides():
@@ -19,7 +20,7 @@ def test_defaults_and_overrides():
     ("seed=1.5", "expected int"),
     ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
     ("optim=3", "is a section"),
-    ("eval.protocols=[knn, nope]", "valid choices: knn, linear, align_uniform, linear_lbfgs"),
+    ("eval.protocols=[knn, nope]", "valid choices: knn, linear, linear_lbfgs, finetune, semisup, align_uniform"),
 ])
 def test_bad_values_name_the_key(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
@@ -42,7 +43,7 @@ def test_preset_precedence():
 
 
 def test_method_config_validated():
-    from harness.registry import get_method
+    from harness.run.plugins import get_method
 
     cls = get_method("simclr").cls
     assert cls.make_config({"temperature": 0.3}).temperature == 0.3
@@ -51,7 +52,7 @@ def test_method_config_validated():
 
 
 def test_roundtrip_dict():
-    from harness.config import from_dict, to_dict
+    from harness.train.config import from_dict, to_dict
 
     cfg = resolve({"optim.lr": 0.2, "method_cfg.temperature": 0.4})
     assert from_dict(to_dict(cfg)) == cfg

@@ -1,12 +1,12 @@
-"""The GEMM weight gradient of small-map convolutions (harness/conv_wgrad.py)."""
+"""The GEMM weight gradient of small-map convolutions (harness/models/conv_wgrad.py)."""
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.conv_wgrad import GemmWgradConv2d, im2col_weight_grad, use_gemm_wgrad
-from harness.trainer import bf16_supported
+from harness.core.device import bf16_supported
+from harness.models.conv_wgrad import GemmWgradConv2d, im2col_weight_grad, use_gemm_wgrad
 
 BF16 = bf16_supported(torch.device("cpu"))
 
@@ -86,7 +86,7 @@ def test_gemm_wgrad_only_where_eligible():
 
 
 def test_use_gemm_wgrad_keeps_parameters_and_state_dict_keys():
-    from harness.backbones import build_backbone
+    from harness.models.backbones import build_backbone
 
     a = build_backbone("resnet18_cifar", 3, 32)
     keys = list(a.state_dict())
@@ -98,8 +98,8 @@ def test_use_gemm_wgrad_keeps_parameters_and_state_dict_keys():
 
 @pytest.mark.parametrize("setting,expected", [("auto", True), ("native", False)])
 def test_trainer_switches_small_map_convs_in_bf16_on_cpu(synthetic, tmp_path, setting, expected):
-    from harness.config import resolve
-    from harness.trainer import Trainer
+    from harness.train.config import resolve
+    from harness.train.trainer import Trainer
 
     precision = "bf16" if BF16 else "fp32"
     cfg = resolve({"method": "simclr", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import CIFAR_NPZ
-from harness.data import batch_indices, cifar10, fashion_mnist, load_npz, npz, read_idx
-from harness.errors import DataError
+from harness.core.errors import DataError
+from harness.data.dataset import batch_indices
+from harness.data.sources import cifar10, fashion_mnist, load_npz, npz, read_idx
 
 
 def _write_idx(path, arr, compress=False):

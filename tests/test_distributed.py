@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from harness.distributed import GlobalBatchNorm, convert_to_global_bn
+from harness.core.distributed import GlobalBatchNorm, convert_to_global_bn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "helpers", "ddp_step.py")

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from evals.features import FeatureCache, cached_features, extract_features, weights_hash
-from harness.backbones import build_backbone
-from harness.views import normalize
+from harness.data.views import normalize
+from harness.models.backbones import build_backbone
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def test_corrupt_cache_entry_is_recomputed(encoder, synthetic, tmp_path):
 
 
 def test_evaluate_end_to_end(encoder, synthetic, tmp_path):
-    from evals import evaluate, report
-    from harness.config import EvalConfig
+    from evals.config import EvalConfig
+    from evals.evaluate import evaluate, report
 
     cfg = EvalConfig(linear_epochs=3, au_pairs=64, knn_k=[5, 20])
     m = evaluate(encoder, synthetic, cfg, cache_dir=str(tmp_path), progress=False, precision="fp32", label_fractions=(0.1,))

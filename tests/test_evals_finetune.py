@@ -1,7 +1,7 @@
 import torch
 
 from evals.finetune import finetune_eval
-from harness.backbones import build_backbone
+from harness.models.backbones import build_backbone
 
 
 def test_finetune_learns_and_selects_on_train_only(synthetic):

@@ -86,7 +86,7 @@ def test_approximate_index_close_to_exact(data):
 def test_missing_faiss_is_a_clear_error(monkeypatch, data):
     import builtins
 
-    from harness.errors import SSLBenchError
+    from harness.core.errors import SSLBenchError
 
     real = builtins.__import__
 

@@ -5,13 +5,13 @@ from evals.linear import (
     Standardizer,
     head_module,
     label_fraction_subset,
-    lbfgs_probe,
     linear_probe,
     select_and_refit,
     select_hparams,
     stratified_split,
     train_heads,
 )
+from evals.linear_lbfgs import lbfgs_probe
 
 
 def clusters(n, c=5, d=32, noise=1.0, seed=0):

@@ -7,7 +7,7 @@ import torch
 
 from evals.finetune import distillation_loss
 from evals.semisup import semisup_eval
-from harness.backbones import build_backbone
+from harness.models.backbones import build_backbone
 
 
 def test_distillation_loss_equals_formula_by_hand():

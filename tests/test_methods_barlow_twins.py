@@ -4,11 +4,14 @@ weights come back from the checkpoint."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import methods.barlow_twins  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import barlow_twins_loss
 
 
@@ -70,3 +73,9 @@ def test_barlow_twins_trains_and_is_checkpointed(synthetic, tmp_path):
     loaded, _, _ = load_trained_method(res.checkpoint)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, after[k]), k
+
+
+@pytest.mark.parametrize("key, value", [("method_cfg.lambd", -1.0), ("method_cfg.proj_layers", 0)])
+def test_barlow_twins_config_checks_name_the_key(synthetic, tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        Trainer(_cfg(**{key: value}), synthetic, tmp_path)

@@ -4,11 +4,14 @@ EMA target changes and comes back from the checkpoint."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
-from harness.config import resolve
-from harness.nn import momentum_schedule
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.core.schedules import momentum_schedule
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import byol_loss
 
 
@@ -60,3 +63,14 @@ def test_byol_trains_and_target_is_checkpointed(synthetic, tmp_path):
     loaded, _, _ = load_trained_method(res.checkpoint)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, after[k]), k
+
+
+@pytest.mark.parametrize("kw, frag", [
+    ({"method_cfg.base_momentum": 0.999, "method_cfg.final_momentum": 0.99},
+     "'method_cfg': need base_momentum <= final_momentum"),
+    ({"method_cfg.base_momentum": 1.5}, "'method_cfg.base_momentum': must be <= 1"),
+    ({"method_cfg.final_momentum": -0.1}, "'method_cfg.final_momentum': must be >= 0"),
+])
+def test_byol_momentum_checks_name_the_key(synthetic, tmp_path, kw, frag):
+    with pytest.raises(ConfigError, match=frag):
+        Trainer(_cfg(**kw), synthetic, tmp_path)

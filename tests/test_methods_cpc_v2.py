@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 import methods.cpc_v2  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.errors import ConfigError
-from harness.trainer import Trainer
+from harness.core.errors import ConfigError
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.cpc_v2 import ContextNetwork, cpc_loss, extract_patches, grid_size
 
 
@@ -60,7 +60,7 @@ def _cfg(**kw):
 
 @pytest.mark.parametrize("num_negatives", [0, 50])
 def test_cpc_v2_trains_three_steps(synthetic, tmp_path, num_negatives):
-    from harness.registry import get_method
+    from harness.run.plugins import get_method
 
     assert get_method("cpc_v2").family == "contrastive_losses"
     tr = Trainer(_cfg(**{"method_cfg.num_negatives": num_negatives}), synthetic, tmp_path)
@@ -74,7 +74,14 @@ def test_cpc_v2_refuses_what_it_cannot_do(synthetic, tmp_path):
         Trainer(_cfg(**{"method_cfg.patch_size": 64, "method_cfg.patch_stride": 32}), synthetic, tmp_path)
     with pytest.raises(ConfigError, match="convolutional backbone"):
         Trainer(_cfg(backbone="vit_mini_p4"), synthetic, tmp_path)
-    from harness.data import synthetic as make
+    from harness.data.sources import synthetic as make
 
     with pytest.raises(ConfigError, match="at least 16 px"):
         Trainer(_cfg(), make(n_train=64, n_test=16, image_size=8), tmp_path)
+
+
+@pytest.mark.parametrize("key, value", [("method_cfg.pred_steps", 0), ("method_cfg.patch_size", -1),
+                                        ("method_cfg.patch_stride", -2)])
+def test_cpc_v2_config_checks_name_the_key(synthetic, tmp_path, key, value):
+    with pytest.raises(ConfigError, match=f"'{key}': must be >= "):
+        Trainer(_cfg(**{key: value}), synthetic, tmp_path)

@@ -9,12 +9,15 @@ import pytest
 import torch
 
 import methods.dino  # noqa: F401  (registers the method)
-from harness.backbones import build_backbone
-from harness.config import resolve
-from harness.data import synthetic as make_synthetic
-from harness.errors import ConfigError
-from harness.nn import Centering, DINOHead, enable_multi_crop
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.data.sources import synthetic as make_synthetic
+from harness.models.backbones import build_backbone
+from harness.models.blocks import Centering
+from harness.models.heads import DINOHead
+from harness.models.multicrop import enable_multi_crop
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import dino_loss
 
 

@@ -4,13 +4,16 @@ run whose bank changes exactly at the visited indices and comes back from the ch
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import methods.instdisc  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.data import batch_indices
-from harness.nn import MemoryBank
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.data.dataset import batch_indices
+from harness.models.blocks import MemoryBank
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 
 
 def test_memory_bank_updates_by_index_with_momentum():
@@ -46,7 +49,7 @@ def test_memory_bank_samples_uniform_indices():
 
 
 def test_instdisc_bank_updated_at_batch_indices_and_checkpointed(synthetic, tmp_path):
-    from harness.registry import get_method
+    from harness.run.plugins import get_method
 
     assert get_method("instdisc").family == "memory"
     cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
@@ -78,8 +81,8 @@ def test_instdisc_exact_softmax_loss_equals_formula(synthetic, tmp_path):
                    "budget.value": 1, "optim.batch_size": 8, "train.progress": False, "train.precision": "fp32",
                    "method_cfg.loss": "softmax", "method_cfg.temperature": 0.5})
     m = Trainer(cfg, synthetic, tmp_path).method
-    from harness.method import Batch
-    from harness.views import Views
+    from harness.data.views import Views
+    from harness.method.contract import Batch
 
     x = torch.randn(4, synthetic.channels, synthetic.image_size, synthetic.image_size)
     idx = torch.tensor([3, 0, 7, 100])
@@ -99,19 +102,15 @@ def test_instdisc_exact_softmax_loss_equals_formula(synthetic, tmp_path):
 
 
 def test_instdisc_rejects_unknown_loss(synthetic, tmp_path):
-    import pytest
-
-    from harness.errors import ConfigError
-
     cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "method_cfg.loss": "nce2"})
-    with pytest.raises(ConfigError, match="'nce' or 'softmax'"):
+    with pytest.raises(ConfigError, match="'method_cfg.loss'.*valid choices: nce, softmax"):
         Trainer(cfg, synthetic, tmp_path)
 
 
 def test_instdisc_bank_init_features_fills_bank_with_initial_network(synthetic, tmp_path):
     """bank_init=features: before step 1 one pass of the initial network over the training set
     (the trainer's prepare pass, views from its own seeded generator) writes every entry."""
-    from harness.trainer import _step_seed
+    from harness.train.trainer import _step_seed
 
     cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
                    "budget.value": 2, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32",
@@ -133,3 +132,11 @@ def test_instdisc_bank_init_features_fills_bank_with_initial_network(synthetic, 
     cfg2 = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,
                     "train.progress": False, "budget.kind": "steps", "budget.value": 1})
     assert not Trainer(cfg2, synthetic, tmp_path / "b").method.wants_prepare_pass()
+
+
+@pytest.mark.parametrize("key, value", [("method_cfg.temperature", 0.0), ("method_cfg.num_noise", 0),
+                                        ("method_cfg.bank_momentum", 1.0), ("method_cfg.bank_init", "feature")])
+def test_instdisc_config_checks_name_the_key(synthetic, tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        Trainer(resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", key: value}),
+                synthetic, tmp_path)

@@ -3,11 +3,13 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import methods.invaspread  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.trainer import Trainer
+from harness.core.errors import ConfigError
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import invaspread_loss
 
 
@@ -37,7 +39,7 @@ def test_invaspread_loss_gradient_is_finite_for_confident_predictions():
 
 
 def test_invaspread_trains_three_steps(synthetic, tmp_path):
-    from harness.registry import get_method
+    from harness.run.plugins import get_method
 
     assert get_method("invaspread").family == "siamese"
     cfg = resolve({"method": "invaspread", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
@@ -46,3 +48,10 @@ def test_invaspread_trains_three_steps(synthetic, tmp_path):
     assert isinstance(tr.method.projector_head, torch.nn.Linear) and tr.method.projector_head.out_features == 128
     res = tr.fit()
     assert res.steps == 3 and math.isfinite(res.final_loss) and res.final_loss > 0
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1])
+def test_invaspread_temperature_must_be_positive(synthetic, tmp_path, value):
+    with pytest.raises(ConfigError, match="'method_cfg.temperature': must be > 0"):
+        Trainer(resolve({"method": "invaspread", "backbone": "cnn4", "data.name": "synthetic",
+                         "method_cfg.temperature": value}), synthetic, tmp_path)

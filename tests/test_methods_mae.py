@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.config import resolve
-from harness.errors import ConfigError
-from harness.trainer import Trainer, build_method, data_info, load_trained_method
+from harness.core.errors import ConfigError
+from harness.train.build import build_method, data_info, load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import mae_loss
 from methods.mae import patchify, random_masking, sincos_pos_embed_2d, unpatchify
 
@@ -107,3 +108,14 @@ def test_same_step_generator_gives_same_mask():
     a = random_masking(2, 16, 0.75, torch.Generator().manual_seed(5))
     b = random_masking(2, 16, 0.75, torch.Generator().manual_seed(5))
     assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("kw, frag", [
+    ({"method_cfg.mask_ratio": 1.0}, "'method_cfg.mask_ratio': must be < 1"),
+    ({"method_cfg.mask_ratio": -0.1}, "'method_cfg.mask_ratio': must be >= 0"),
+    ({"method_cfg.decoder_heads": 0}, "'method_cfg.decoder_heads': must be > 0"),
+    ({"method_cfg.decoder_dim": 30}, "'method_cfg': need decoder_dim divisible by decoder_heads"),
+])
+def test_mae_config_checks_name_the_key(synthetic, tmp_path, kw, frag):
+    with pytest.raises(ConfigError, match=frag):
+        Trainer(_cfg(**kw), synthetic, tmp_path)

@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from harness.config import resolve
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import info_nce
 from methods.moco import split_bn_forward
 
@@ -68,3 +70,11 @@ def test_moco_trains_queue_and_key_encoder_checkpointed(synthetic, tmp_path, met
     loaded, _, _ = load_trained_method(res.checkpoint)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, after[k]), k
+
+
+@pytest.mark.parametrize("method", ["moco", "moco_v2"])
+@pytest.mark.parametrize("key, value", [("method_cfg.momentum", 1.5), ("method_cfg.queue_size", 0),
+                                        ("method_cfg.bn_splits", 0)])
+def test_moco_config_checks_name_the_key(synthetic, tmp_path, method, key, value):
+    with pytest.raises(ConfigError, match=key):
+        Trainer(_cfg(method, **{key: value}), synthetic, tmp_path)

@@ -5,12 +5,15 @@ the checkpoint."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import methods.moco_v3  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.method import DataInfo
-from harness.trainer import Trainer, build_method, load_trained_method
+from harness.core.errors import ConfigError
+from harness.method.contract import DataInfo
+from harness.train.build import build_method, load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import moco_v3_loss
 
 
@@ -78,3 +81,15 @@ def test_moco_v3_trains_and_momentum_encoder_is_checkpointed(synthetic, tmp_path
     loaded, _, _ = load_trained_method(res.checkpoint)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, after[k]), k
+
+
+@pytest.mark.parametrize("kw, frag", [
+    ({"method_cfg.base_momentum": 0.999, "method_cfg.final_momentum": 0.99},
+     "'method_cfg': need base_momentum <= final_momentum"),
+    ({"method_cfg.final_momentum": 1.5}, "'method_cfg.final_momentum': must be <= 1"),
+    ({"method_cfg.temperature": 0.0}, "'method_cfg.temperature': must be > 0"),
+    ({"method_cfg.proj_layers": -1}, "'method_cfg.proj_layers': must be >= 0"),
+])
+def test_moco_v3_config_checks_name_the_key(synthetic, tmp_path, kw, frag):
+    with pytest.raises(ConfigError, match=frag):
+        Trainer(_cfg(**kw), synthetic, tmp_path)

@@ -9,18 +9,14 @@ import torch
 import torch.nn as nn
 
 import methods.pixcontrast  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.errors import ConfigError
-from harness.trainer import Trainer, load_trained_method
-from harness.views import random_resized_crop
-from methods.pixcontrast import (
-    feature_map,
-    pixcontrast_loss,
-    pixel_centres,
-    pixel_propagation,
-    pixpro_consistency,
-    positive_mask,
-)
+from harness.core.errors import ConfigError
+from harness.data.geometry import pixel_centres, positive_mask
+from harness.data.views import random_resized_crop
+from harness.models.backbones import feature_map
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
+from methods.pixcontrast import pixcontrast_loss, pixel_propagation, pixpro_consistency
 
 FULL = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
 QUARTER = torch.tensor([[0.5, 0.0, 1.0, 0.5]])   # the top-right quarter
@@ -113,7 +109,7 @@ def _cfg(variant, **kw):
 
 @pytest.mark.parametrize("variant", ["pixpro", "pixcontrast"])
 def test_pixcontrast_trains_three_steps_and_target_checkpointed(synthetic, tmp_path, variant):
-    from harness.registry import get_method
+    from harness.run.plugins import get_method
 
     assert get_method("pixcontrast").family == "siamese"
     tr = Trainer(_cfg(variant), synthetic, tmp_path)
@@ -130,7 +126,7 @@ def test_pixcontrast_trains_three_steps_and_target_checkpointed(synthetic, tmp_p
 
 
 def test_feature_map_and_refusals(synthetic, tmp_path):
-    from harness.backbones import build_backbone
+    from harness.models.backbones import build_backbone
 
     f = feature_map(build_backbone("cnn4", 3, 32), torch.zeros(2, 3, 32, 32))
     assert f.shape == (2, 256, 4, 4)
@@ -140,3 +136,10 @@ def test_feature_map_and_refusals(synthetic, tmp_path):
         Trainer(_cfg("pixpro", backbone="vit_mini_p4"), synthetic, tmp_path)
     with pytest.raises(ConfigError, match="valid choices"):
         Trainer(_cfg("pixel"), synthetic, tmp_path)
+
+
+@pytest.mark.parametrize("key, value", [("method_cfg.ppm_layers", 3), ("method_cfg.ppm_layers", -1),
+                                        ("method_cfg.temperature", 0.0), ("method_cfg.pos_threshold", 0.0)])
+def test_pixcontrast_config_checks_name_the_key(synthetic, tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        Trainer(_cfg("pixcontrast", **{key: value}), synthetic, tmp_path)

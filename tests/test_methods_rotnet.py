@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.config import resolve
-from harness.errors import ConfigError
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.rotnet import rotate_batch
 
 
@@ -51,3 +52,10 @@ def test_rotnet_trains_and_checkpoints(synthetic, tmp_path):
     loaded, _, _ = load_trained_method(res.checkpoint)
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, tr.method.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_rotnet_crop_min_scale_is_checked(synthetic, tmp_path, value):
+    with pytest.raises(ConfigError, match="'method_cfg.crop_min_scale': must be"):
+        Trainer(resolve({"method": "rotnet", "backbone": "cnn4", "data.name": "synthetic",
+                         "method_cfg.crop_min_scale": value}), synthetic, tmp_path)

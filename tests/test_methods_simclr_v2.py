@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import methods.simclr_v2  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.trainer import Trainer, load_trained_method
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import nt_xent, symmetric_info_nce
 
 

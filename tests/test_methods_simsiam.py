@@ -4,11 +4,14 @@ whose weights come back from the checkpoint."""
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import methods.simsiam  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import simsiam_loss
 
 
@@ -65,3 +68,8 @@ def test_simsiam_predictor_lr_decays_when_not_fixed(synthetic, tmp_path):
     tr = Trainer(_cfg(**{"method_cfg.fix_pred_lr": False, "budget.value": 2}), synthetic, tmp_path)
     tr.fit()
     assert all(not g.get("fixed_lr") and g["lr"] < tr.base_lr for g in tr.optimizer.param_groups)
+
+
+def test_simsiam_needs_two_projector_layers(synthetic, tmp_path):
+    with pytest.raises(ConfigError, match="'method_cfg.proj_layers': must be >= 2"):
+        Trainer(_cfg(**{"method_cfg.proj_layers": 1}), synthetic, tmp_path)

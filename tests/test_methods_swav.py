@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import methods.swav  # noqa: F401  (registers the method)
-from harness.config import resolve
-from harness.data import synthetic as make_synthetic
-from harness.errors import ConfigError
-from harness.nn import sinkhorn_knopp
-from harness.trainer import Trainer, load_trained_method
+from harness.core.errors import ConfigError
+from harness.data.sources import synthetic as make_synthetic
+from harness.models.blocks import sinkhorn_knopp
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 from methods.losses import swav_loss
 
 

@@ -6,10 +6,11 @@ import math
 
 import pytest
 
-from harness.config import CONFIG_DIR, resolve
-from harness.data import synthetic
-from harness.runner import load_suite, suite_configs
-from harness.trainer import Trainer
+from harness.core.config import CONFIG_DIR
+from harness.data.sources import synthetic
+from harness.run.suites import load_suite, suite_configs
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 
 SUITES = sorted(p.stem for p in (CONFIG_DIR / "suites").glob("*.yaml"))
 
@@ -25,7 +26,7 @@ def _all_methods():
 
 
 def test_all_method_suites_cover_every_registered_method():
-    from harness.registry import methods
+    from harness.run.plugins import methods
 
     builtin = {n for n, e in methods().items() if e.source.startswith("methods.")}  # not ones tests register
     assert set(_all_methods()) == builtin
@@ -52,8 +53,8 @@ def test_every_method_trains_with_the_small_preset(channels, size, tmp_path):
 
 def test_run_methods_option_selects_validates_and_expands_all():
     from harness.cli import _method_list
-    from harness.errors import ConfigError
-    from harness.registry import methods
+    from harness.core.errors import ConfigError
+    from harness.run.plugins import methods
 
     assert _method_list("simclr, byol") == ["simclr", "byol"]
     assert _method_list("all") == list(methods())

@@ -1,5 +1,5 @@
-from harness.config import resolve
-from harness.trainer import Trainer
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 
 
 def test_supervised_baseline_uses_labels_and_learns(synthetic, tmp_path):

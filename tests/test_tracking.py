@@ -3,8 +3,12 @@ import math
 import pandas as pd
 import pytest
 
-from harness import leaderboard as lb
-from harness import tracking
+from harness.report import leaderboard as lb
+from harness.report import plots, render
+from harness.tracking.keys import from_mlflow_key, to_mlflow_key
+from harness.tracking.query import fetch_runs
+from harness.tracking.runs import TrackedRun
+from harness.tracking.store import artifact_root, check_reachable, tracking_uri
 
 
 def test_runs_roundtrip_and_leaderboard(tmp_path):
@@ -12,13 +16,13 @@ def test_runs_roundtrip_and_leaderboard(tmp_path):
     accs = {"a": [50.0, 52.0, 51.0], "b": [40.0, 41.0, 39.0]}
     for method, vals in accs.items():
         for seed, v in enumerate(vals):
-            with tracking.TrackedRun("exp", f"{method}-s{seed}", uri,
+            with TrackedRun("exp", f"{method}-s{seed}", uri,
                                      params={"method": method, "backbone": "cnn4", "data.name": "d", "budget.kind": "steps",
                                              "budget.value": 10, "seed": seed, "eval.knn_k": [20]}) as run:
                 run.log_metrics({"knn/top1@20": v, "align": 0.5})
-    with tracking.TrackedRun("exp", "failed", uri, params={"method": "c"}) as run:
+    with TrackedRun("exp", "failed", uri, params={"method": "c"}) as run:
         run.end("FAILED")
-    runs = tracking.fetch_runs(["exp"], uri=uri)
+    runs = fetch_runs(["exp"], uri=uri)
     assert len(runs) == 6 and "metrics.knn/top1@20" in runs
     tables = lb.build(runs)
     assert len(tables) == 1
@@ -29,9 +33,9 @@ def test_runs_roundtrip_and_leaderboard(tmp_path):
     # t(0.975, 2) = 4.3027; std = 1
     assert half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
     assert f.loc[0, "knn/top1@20/ci"] == pytest.approx(half)
-    text = lb.plain(tables[0])
+    text = render.plain(tables[0])
     assert "51.0 ± 2.5 (n=3)" in text
-    paths = lb.write(tables, tmp_path / "out", "leaderboard", command="sslbench test")
+    paths = render.write(tables, tmp_path / "out", "leaderboard", command="sslbench test")
     assert all(p.exists() for p in paths)
     assert "51.0 ± 2.5 (n=3)" in (tmp_path / "out" / "leaderboard.md").read_text()
 
@@ -78,39 +82,39 @@ def test_provenance_lists_only_the_records_the_tables_show():
 
 
 def test_single_seed_is_marked():
-    assert lb._cell(50.0, float("nan"), 1, "knn/top1@20") == "50.0 (n=1)"
+    assert render._cell(50.0, float("nan"), 1, 1) == "50.0 (n=1)"
 
 
 def test_unreachable_server_is_one_line_error():
-    from harness.errors import SSLBenchError
+    from harness.core.errors import SSLBenchError
 
     with pytest.raises(SSLBenchError, match="unreachable"):
-        tracking.check_reachable("http://127.0.0.1:9", timeout=2)
+        check_reachable("http://127.0.0.1:9", timeout=2)
 
 
 def test_default_store_is_sqlite_under_results(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking.tracking_uri(None)
+    uri = tracking_uri(None)
     assert uri == f"sqlite:///{tmp_path}/results/mlflow.db"
-    assert tracking.artifact_root(uri) == (tmp_path / "results" / "mlartifacts").as_uri()
+    assert artifact_root(uri) == (tmp_path / "results" / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    assert tracking.tracking_uri(None) == "sqlite:///elsewhere.db"
-    assert tracking.tracking_uri("http://x") == "http://x"
+    assert tracking_uri(None) == "sqlite:///elsewhere.db"
+    assert tracking_uri("http://x") == "http://x"
 
 
 def test_metric_names_roundtrip_through_mlflow_keys():
     for name, key in [("knn/top1@20", "knn/top1_k20"), ("linear@1%/top1", "linear_1pct/top1"), ("align", "align")]:
-        assert tracking.to_mlflow_key(name) == key and tracking.from_mlflow_key(key) == name
+        assert to_mlflow_key(name) == key and from_mlflow_key(key) == name
 
 
 def test_reevaluation_with_other_knobs_is_a_new_run(tmp_path, monkeypatch):
     """MLflow params are immutable: evaluating a checkpoint again with another protocol setting
     must not attach new metrics to the old knobs; it logs a new run pointing at the old one."""
-    from harness import tracking
-    from harness.config import resolve
-    from harness.data import synthetic
-    from harness.runner import evaluate_target, pretrain
+    from harness.data.sources import synthetic
+    from harness.run.evaluate import evaluate_target
+    from harness.run.pretrain import pretrain
+    from harness.train.config import resolve
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/m.db"
@@ -121,7 +125,7 @@ def test_reevaluation_with_other_knobs_is_a_new_run(tmp_path, monkeypatch):
     first = pretrain(resolve(base), dataset=ds)
     evaluate_target(first["checkpoint"], resolve(base), dataset=ds)          # same knobs: same run
     again = evaluate_target(first["checkpoint"], resolve({**base, "eval.linear_epochs": 3}), dataset=ds)
-    runs = tracking.fetch_runs(None, uri=uri)
+    runs = fetch_runs(None, uri=uri)
     assert len(runs) == 2 and again["run_id"] != first["run_id"]
     old = runs[runs["run_id"] == first["run_id"]].iloc[0]
     new = runs[runs["run_id"] == again["run_id"]].iloc[0]
@@ -131,7 +135,7 @@ def test_reevaluation_with_other_knobs_is_a_new_run(tmp_path, monkeypatch):
     # `pretrain --resume` of the finished run under other knobs takes the same path: no retraining,
     # a new record; the old ones keep their knobs and numbers
     third = pretrain(resolve({**base, "eval.linear_epochs": 4}), resume=True, dataset=ds)
-    runs = tracking.fetch_runs(None, uri=uri)
+    runs = fetch_runs(None, uri=uri)
     assert len(runs) == 3 and third["run_id"] not in (first["run_id"], again["run_id"])
     new3 = runs[runs["run_id"] == third["run_id"]].iloc[0]
     assert new3["params.eval.linear_epochs"] == "4" and new3["metrics.pretrain/steps"] == 2
@@ -149,6 +153,6 @@ def test_budget_curves_plot_when_a_method_has_several_budgets(tmp_path):
                  "metrics.knn/top1@20": 30.0})
     tables = lb.build(pd.DataFrame(rows))
     assert len(tables) == 3
-    paths = lb.write(tables, tmp_path, "lb")
+    paths = render.write(tables, tmp_path, "lb")
     assert (tmp_path / "lb-budget.png") in paths and (tmp_path / "lb-budget.png").stat().st_size > 10_000
-    assert lb.plot_budget_curves(tables[:1], tmp_path, "one") == []  # one budget: no curve
+    assert plots.plot_budget_curves(tables[:1], tmp_path, "one") == []  # one budget: no curve

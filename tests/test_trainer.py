@@ -4,13 +4,16 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from harness.config import resolve
-from harness.errors import CheckpointError, ConfigError, TrainingDiverged
-from harness.method import Method
-from harness.nn import warmup_cosine
-from harness.registry import register_method
-from harness.trainer import Trainer, bf16_supported, load_trained_method, total_steps
-from harness.views import ViewRecipe
+from harness.core.device import bf16_supported
+from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
+from harness.core.schedules import warmup_cosine
+from harness.data.views import ViewRecipe
+from harness.method.contract import Method
+from harness.method.registry import register_method
+from harness.train.budget import total_steps
+from harness.train.build import load_trained_method
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
 
 BASE = {"method": "simclr", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,
         "train.progress": False, "train.precision": "fp32", "method_cfg.proj_hidden": 64, "method_cfg.proj_dim": 32}
@@ -127,18 +130,16 @@ def test_seconds_budget_progress_bar_survives_a_long_last_step(synthetic, tmp_pa
     c = cfg(budget__kind="seconds", budget__value=1.0, train__progress=True)
     tr = Trainer(c, synthetic, tmp_path)
     bar = tr._bar()
-    bar.mininterval = 0  # refresh on every update, as a slow step does
-    tr.step = 10
-    tr._bar_update(bar, 32, 0.6)
-    tr._bar_update(bar, 32, 1.7)  # overshoots the 1 s budget
-    assert bar.n == pytest.approx(1.0)
+    bar.bar.mininterval = 0  # refresh on every update, as a slow step does
+    bar.update(10, 0.6, 0.6, 1.0, 32)
+    bar.update(11, 2.3, 1.7, 1.0, 32)  # overshoots the 1 s budget
+    assert bar.bar.n == pytest.approx(1.0)
     bar.close()
 
 
 def test_flops_budget_measures_the_first_step_and_runs_floor_budget_over_step_flops(synthetic, tmp_path):
-    from harness.config import resolve
-    from harness.runner import budget_label
-    from harness.trainer import Trainer
+    from harness.train.config import resolve
+    from harness.train.trainer import Trainer
 
     base = {"method": "simclr", "backbone": "cnn4", "data.name": "synthetic", "optim.batch_size": 32,
             "train.progress": False, "train.precision": "fp32", "budget.kind": "flops"}
@@ -150,4 +151,4 @@ def test_flops_budget_measures_the_first_step_and_runs_floor_budget_over_step_fl
     tr2 = Trainer(cfg, synthetic, tmp_path / "b")
     res = tr2.fit()
     assert res.steps == 3 and tr2.flops_per_step == fps and tr2.progress() == 1.0
-    assert budget_label(cfg).endswith("flops") and "+" not in budget_label(cfg)
+    assert cfg.budget.label.endswith("flops") and "+" not in cfg.budget.label

@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 
-from harness import tracking
+from harness.tracking.runs import TrackedRun
 
 
 def _free_port() -> int:
@@ -19,7 +19,7 @@ def _free_port() -> int:
 
 def test_ui_serves_runs_and_stops(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.TrackedRun("ui-test", "r1", uri, params={"method": "simclr"}) as run:
+    with TrackedRun("ui-test", "r1", uri, params={"method": "simclr"}) as run:
         run.log_metrics({"knn/top1@20": 42.0})
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ui", "--port", str(port), "--tracking-uri", uri],

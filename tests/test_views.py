@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from harness.errors import ConfigError
-from harness.views import ViewRecipe, ViewSpec, augment, gaussian_blur, random_resized_crop
+from harness.core.errors import ConfigError
+from harness.data.views import ViewRecipe, ViewSpec, augment, gaussian_blur, random_resized_crop
 
 
 def _batch(c=3, n=8, s=16):

@@ -16,10 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from harness import distributed as dist  # noqa: E402
-from harness.config import resolve  # noqa: E402
-from harness.data import synthetic  # noqa: E402
-from harness.trainer import Trainer  # noqa: E402
+from harness.core import distributed as dist  # noqa: E402
+from harness.data.sources import synthetic  # noqa: E402
+from harness.run.plugins import load_plugins  # noqa: E402
+from harness.train.config import resolve  # noqa: E402
+from harness.train.trainer import Trainer  # noqa: E402
+
+load_plugins()
 
 # knobs that keep a one-step comparison meaningful: no frozen layers or empty queues at step 0
 EXTRA = {

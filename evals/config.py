@@ -1,0 +1,29 @@
+"""The evaluation section of a run's config (``eval.*``); its protocol names come from the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from evals.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
+from harness.core.config import between, choices, list_of_choices, positive
+
+
+@dataclass
+class EvalConfig:
+    protocols: list[str] = list_of_choices(*PROTOCOLS, default=DEFAULT_PROTOCOLS)
+    knn_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200], metadata={"min": 1})
+    knn_temperature: float = positive(0.07)
+    knn_backend: str = choices("auto", "torch", "faiss", default="auto")  # auto: FAISS on GPU, exact torch GEMM on CPU
+    knn_index: str = choices("flat", "ivf", "hnsw", default="flat")       # ivf/hnsw: approximate, for >= 1M features
+    label_fractions: list[float] = field(default_factory=list,            # extra linear probes on e.g. [0.01, 0.1] of train
+                                         metadata={"min": 0, "max": 1, "strict": True})
+    batch_size: int = positive(512)
+    linear_epochs: int = positive(30)
+    features: str = choices("backbone", "projector", default="backbone")
+    holdout_fraction: float = between(0.1, 0, 1, open_lo=True, open_hi=True)
+    au_pairs: int = positive(4096)
+    finetune_steps: int = positive(300)  # fine-tuning budget (steps of finetune_batch_size), per grid point
+    finetune_batch_size: int = positive(256)
+    semisup_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1],  # SimCLR v2 protocol's label fractions
+                                           metadata={"min": 0, "max": 1, "strict": True})
+    distill_temperature: float = positive(1.0)

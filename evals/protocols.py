@@ -1,0 +1,159 @@
+"""The protocol table: every evaluation protocol, in one place.
+
+The config (``evals.config.EvalConfig``: which names ``eval.protocols`` accepts), the evaluator
+(:func:`evals.evaluate.evaluate`: what runs) and the leaderboard (``harness.report``: which
+columns a table shows) all read :data:`PROTOCOLS`. Adding a protocol is one entry here: a
+``run`` function that receives the evaluation :class:`Context` and returns its metrics (under
+stable names) and knobs (``eval/...``), the splits whose frozen features it needs, and the
+leaderboard columns it fills.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from evals.align_uniform import align_uniform_eval
+from evals.finetune import CONVNET_LRS, VIT_LRS, finetune_eval
+from evals.knn import knn_eval, resolve_backend
+from evals.linear import LR_GRID, WD_GRID, linear_probe
+from evals.linear_lbfgs import LBFGS_WD_GRID, lbfgs_probe
+from evals.semisup import semisup_eval
+from harness.models.backbones import is_vit
+
+HEADLINE = "knn/top1@20"          # the headline metric: default sort key, CI gate and compare metric
+HEADLINE_METRICS = (HEADLINE, "linear/top1")
+
+
+@dataclass(frozen=True)
+class Column:
+    metric: str                   # stable metric name, e.g. "knn/top1@20"
+    header: str                   # leaderboard header
+    higher_is_better: bool = True
+    digits: int = 1
+
+
+@dataclass
+class Context:
+    """What a protocol gets: the encoder, the data, the knobs, and the cached frozen features."""
+
+    encoder: torch.nn.Module
+    dataset: Any                  # harness.data.dataset.ImageDataset
+    cfg: Any                      # evals.config.EvalConfig
+    device: torch.device
+    precision: str
+    seed: int
+    progress: bool
+    label_fractions: tuple[float, ...]
+    features: Callable[[str], torch.Tensor]        # split -> (N, D) float32 features, extracted once
+    timed: Callable[..., None]                     # timed(name, fn, splits): run fn, merge its dict, time it
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    summary: str
+    run: Callable[[Context], dict[str, Any]]       # returns knobs (eval/...) logged before the timed runs
+    columns: tuple[Column, ...] = ()
+    default: bool = False                          # in eval.protocols when not set
+
+
+def fraction_prefix(name: str, frac: float) -> str:
+    """``linear`` for the full label set, ``linear@1%`` for a fraction."""
+    return name if frac >= 1 else f"{name}@{frac * 100:g}%"
+
+
+# ----------------------------------------------------------------------------- the protocols
+
+
+def _knn(ctx: Context) -> dict[str, Any]:
+    c, ds = ctx.cfg, ctx.dataset
+    ctx.timed("knn", lambda: knn_eval(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, c.knn_k,
+                                      c.knn_temperature, ds.num_classes, backend=c.knn_backend, index=c.knn_index,
+                                      device=ctx.device))
+    return {"eval/knn_k": ",".join(map(str, c.knn_k)), "eval/knn_temperature": c.knn_temperature,
+            "eval/knn_metric": "cosine", "eval/knn_index": c.knn_index,
+            "eval/knn_backend": resolve_backend(c.knn_backend, c.knn_index, ctx.device)}
+
+
+def _linear(ctx: Context) -> dict[str, Any]:
+    c, ds = ctx.cfg, ctx.dataset
+    for frac in [1.0, *ctx.label_fractions]:
+        prefix = fraction_prefix("linear", frac)
+        ctx.timed(prefix, lambda frac=frac, prefix=prefix: linear_probe(
+            ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, ds.num_classes, c.linear_epochs,
+            c.holdout_fraction, label_fraction=frac, seed=ctx.seed, prefix=prefix))
+    return {"eval/linear_epochs": c.linear_epochs, "eval/holdout_fraction": c.holdout_fraction,
+            "eval/linear_version": "2 (selection and refit heads in one pass)",
+            "eval/linear_lr_grid": ",".join(map(str, LR_GRID)), "eval/linear_wd_grid": ",".join(map(str, WD_GRID))}
+
+
+def _linear_lbfgs(ctx: Context) -> dict[str, Any]:
+    c, ds = ctx.cfg, ctx.dataset
+    ctx.timed("linear_lbfgs", lambda: lbfgs_probe(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test,
+                                                  ds.num_classes, holdout_fraction=c.holdout_fraction, seed=ctx.seed))
+    return {"eval/linear_lbfgs_wd_grid": ",".join(map(str, LBFGS_WD_GRID))}
+
+
+def _finetune(ctx: Context) -> dict[str, Any]:
+    c, ds = ctx.cfg, ctx.dataset
+    for frac in [1.0, *ctx.label_fractions]:
+        prefix = fraction_prefix("finetune", frac)
+        ctx.timed(prefix, lambda frac=frac, prefix=prefix: finetune_eval(
+            ctx.encoder, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.mean, ds.std,
+            steps=c.finetune_steps, batch_size=c.finetune_batch_size, holdout_fraction=c.holdout_fraction,
+            label_fraction=frac, seed=ctx.seed, device=ctx.device, precision=ctx.precision, progress=ctx.progress,
+            prefix=prefix), splits=())
+    return {"eval/finetune_steps": c.finetune_steps, "eval/finetune_batch_size": c.finetune_batch_size,
+            "eval/finetune_lr_grid": ",".join(map(str, VIT_LRS if is_vit(ctx.encoder) else CONVNET_LRS))}
+
+
+def _semisup(ctx: Context) -> dict[str, Any]:
+    c, ds = ctx.cfg, ctx.dataset
+    for frac in c.semisup_fractions:
+        ctx.timed(fraction_prefix("semisup", frac), lambda frac=frac: semisup_eval(
+            ctx.encoder, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.mean, ds.std,
+            label_fraction=frac, steps=c.finetune_steps, batch_size=c.finetune_batch_size,
+            holdout_fraction=c.holdout_fraction, temperature=c.distill_temperature, seed=ctx.seed, device=ctx.device,
+            precision=ctx.precision, progress=ctx.progress), splits=())
+    return {"eval/semisup_fractions": ",".join(map(str, c.semisup_fractions)),
+            "eval/distill_temperature": c.distill_temperature,
+            "eval/finetune_steps": c.finetune_steps, "eval/finetune_batch_size": c.finetune_batch_size}
+
+
+def _align_uniform(ctx: Context) -> dict[str, Any]:
+    c, ds = ctx.cfg, ctx.dataset
+    ctx.timed("align_uniform", lambda: align_uniform_eval(
+        ctx.encoder, ds.x_test, ds.mean, ds.std, c.au_pairs, features=ctx.features("test"), seed=ctx.seed,
+        batch_size=c.batch_size, device=ctx.device, precision=ctx.precision, progress=ctx.progress), splits=("test",))
+    return {"eval/au_pairs": c.au_pairs, "eval/au_alpha": 2.0, "eval/au_t": 2.0}
+
+
+# In the order the evaluator runs them (and the leaderboard shows their columns).
+_TABLE = [
+    Protocol("knn", "weighted kNN on L2-normalised frozen features, T = 0.07, k in eval.knn_k (headline k = 20)", _knn,
+             (Column(HEADLINE, "kNN@20"), Column("knn/top1@200", "kNN@200")), default=True),
+    Protocol("linear", "BN + linear probe on cached features, SGD, LR/WD chosen on a TRAIN hold-out, refit on TRAIN",
+             _linear, (Column("linear/top1", "linear"), Column("linear@1%/top1", "linear 1%"),
+                       Column("linear@10%/top1", "linear 10%")), default=True),
+    Protocol("linear_lbfgs", "multinomial logistic regression to convergence (L-BFGS), L2 chosen on a TRAIN hold-out",
+             _linear_lbfgs, (Column("linear_lbfgs/top1", "L-BFGS"),)),
+    Protocol("finetune", "the whole encoder + a linear head, crop + flip, fixed step budget, LR chosen on a TRAIN hold-out",
+             _finetune, (Column("finetune/top1", "fine-tune"),)),
+    Protocol("semisup", "SimCLR v2's protocol: fine-tune on 1% / 10% of the labels, distil into a student without labels",
+             _semisup, (Column("semisup@1%/top1", "semi-sup 1%"), Column("semisup@10%/top1", "semi-sup 10%"))),
+    Protocol("align_uniform", "alignment and uniformity (Wang & Isola, 2020) on the test images", _align_uniform,
+             (Column("align", "align", higher_is_better=False, digits=3),
+              Column("uniform", "uniform", higher_is_better=False, digits=3)), default=True),
+]
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in _TABLE}
+DEFAULT_PROTOCOLS = [p.name for p in _TABLE if p.default]
+
+
+def columns() -> list[Column]:
+    """Every protocol's leaderboard columns, in table order."""
+    return [c for p in _TABLE for c in p.columns]
+
+

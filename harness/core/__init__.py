@@ -1,0 +1,1 @@
+"""Layer 1, the bottom: errors, the config machinery and sections, the generic registry, device and precision, schedules, checkpoint I/O, distributed helpers, the hypersphere functions. Imports nothing from the rest of the project."""

@@ -1,0 +1,107 @@
+"""The config sections every run has (data, budget, optimiser, training, tracking).
+
+The evaluation section lives with the protocols (``evals.config.EvalConfig``) and a method's
+own section with the method (its ``Config`` dataclass); ``harness.train.config.RunConfig``
+puts them together. Field metadata (``choices``, ``positive``, ``between``) is the validation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from harness.core.config import between, choices, positive
+from harness.core.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    data_dir: str | None = None          # where the dataset lives; None = its standard place
+    image_size: int | None = positive(None)  # resize for image folders; None = native size
+    train_subset: int | None = positive(None)  # use only N train images (tests, smoke runs)
+    test_subset: int | None = positive(None)
+
+
+BUDGET_KINDS = ("epochs", "steps", "samples", "seconds", "flops")
+_SHORT = {"seconds": "s", "steps": "steps", "epochs": "ep", "samples": "img", "flops": "flops"}
+
+
+@dataclass
+class BudgetConfig:
+    """Exactly one budget per run; schedules are functions of progress in [0, 1].
+
+    The one place a budget is formatted and parsed: ``text`` (``seconds=240.0``, the form tables,
+    ``compare`` and ``--budget`` use; MLflow stores ``budget.kind`` / ``budget.value`` as params),
+    ``label`` (``240s``, the form in run names) and :meth:`parse`, which reads either."""
+
+    kind: str = choices(*BUDGET_KINDS, default="seconds")
+    value: float = positive(60.0)   # flops: training FLOPs (forward + backward, all processes), e.g. 2e15
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind}={float(self.value)}"
+
+    @property
+    def label(self) -> str:
+        v = float(self.value)
+        if self.kind == "flops":
+            return f"{v:.3g}flops".replace("+", "")
+        return f"{int(v) if v.is_integer() else v}{_SHORT[self.kind]}"
+
+    @classmethod
+    def parse(cls, text: str) -> "BudgetConfig":
+        """``seconds=240``, ``seconds=240.0`` or a label such as ``240s`` / ``2e15flops``."""
+        t = str(text).strip()
+        kind, sep, value = t.partition("=")
+        if not sep:
+            m = re.fullmatch(r"([0-9.eE+-]+)(s|steps|ep|img|flops)", t)
+            if not m:
+                raise ConfigError(f"bad budget '{text}': write KIND=VALUE (e.g. seconds=240) or a label such as 240s")
+            value, kind = m.group(1), {v: k for k, v in _SHORT.items()}[m.group(2)]
+        try:
+            v = float(value)
+        except ValueError:
+            raise ConfigError(f"bad budget '{text}': '{value}' is not a number") from None
+        if kind not in BUDGET_KINDS:
+            raise ConfigError(f"bad budget '{text}': kind must be one of {', '.join(BUDGET_KINDS)}")
+        return cls(kind, v)
+
+
+@dataclass
+class OptimConfig:
+    """``None`` means: the method's declared paper default (``Method.optim``)."""
+
+    name: str | None = choices("sgd", "lars", "adamw", None, default=None)
+    lr: float | None = positive(None)              # None: the method's base LR scaled by batch/256
+    weight_decay: float | None = positive(None, allow_zero=True)
+    momentum: float | None = between(None, 0, 1)   # SGD / LARS momentum
+    betas: list[float] | None = between(None, 0, 1, open_hi=True)   # AdamW (beta1, beta2)
+    lars_eta: float | None = between(None, 0, 1, open_lo=True)      # LARS trust coefficient
+    batch_size: int = positive(256)
+    warmup: float = between(0.05, 0, 1)            # fraction of progress
+    grad_clip: float | None = positive(None)       # max global grad norm; None = off
+
+
+@dataclass
+class TrainConfig:
+    device: str = choices("auto", "cpu", "cuda", default="auto")
+    precision: str = choices("auto", "bf16", "fp32", default="auto")
+    channels_last: str = choices("auto", "on", "off", default="auto")
+    # weight gradients of small-map, many-channel convs as one im2col GEMM instead of oneDNN's
+    # bf16 backward-weights kernel, slow there; auto = on for CPU + bf16 + channels-last (harness/models/conv_wgrad.py)
+    conv_wgrad: str = choices("auto", "gemm", "native", default="auto")
+    checkpoint_every_steps: int | None = positive(None)
+    checkpoint_every_seconds: float = positive(60.0)
+    progress: bool = True
+    threads: int | None = positive(None)           # torch.set_num_threads; None = torch's default
+    max_steps_per_epoch: int | None = positive(None)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None               # None: $MLFLOW_TRACKING_URI, else sqlite under results/
+    experiment: str = "sslbench"
+
+
+__all__ = ["BudgetConfig", "DataConfig", "OptimConfig", "TrackingConfig", "TrainConfig", "field"]

@@ -1,0 +1,112 @@
+"""The in-memory dataset every loader returns, and the seeded batch order of training.
+
+An :class:`ImageDataset` holds uint8 tensors (N, C, H, W) for TRAIN and TEST with int64 labels;
+its per-channel statistics come from TRAIN only. Loaders for the standard on-disk layouts live
+in :mod:`harness.data.sources`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.core.errors import DataError
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    source: str = ""
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def __post_init__(self):
+        for nm in ("x_train", "x_test"):
+            x = getattr(self, nm)
+            if x.dtype != torch.uint8 or x.ndim != 4:
+                raise DataError(f"{self.name}: {nm} must be uint8 (N, C, H, W), got {tuple(x.shape)} {x.dtype}")
+        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
+            raise DataError(f"{self.name}: images and labels differ in length ({self.source})")
+        if not self.mean:
+            # per-channel statistics of the TRAIN split (never the test split)
+            sample = self.x_train[:: max(1, len(self.x_train) // 10000)].float() / 255.0
+            self.mean = tuple(sample.mean(dim=(0, 2, 3)).tolist())
+            self.std = tuple(sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.x_train.shape[-1]
+
+    def split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return self.x_train, self.y_train
+        if split == "test":
+            return self.x_test, self.y_test
+        raise DataError(f"unknown split '{split}'; valid choices: train, test")
+
+    def subset(self, train: int | None, test: int | None) -> "ImageDataset":
+        if not train and not test:
+            return self
+        tr = slice(0, train) if train else slice(None)
+        te = slice(0, test) if test else slice(None)
+        return ImageDataset(
+            self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
+            self.num_classes, self.class_names, self.source, self.mean, self.std,
+        )
+
+    def fingerprint(self) -> str:
+        """A cheap content hash for caches: shapes plus a strided sample of pixels."""
+        h = hashlib.sha256()
+        for t in (self.x_train, self.y_train, self.x_test, self.y_test):
+            h.update(str(tuple(t.shape)).encode())
+            flat = t.reshape(-1)
+            h.update(flat[:: max(1, flat.numel() // 65536)].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def data_roots(data_dir: str | None) -> list[Path]:
+    if data_dir:
+        return [Path(data_dir).expanduser()]
+    roots = []
+    if os.environ.get("SSLBENCH_DATA_DIR"):
+        roots.append(Path(os.environ["SSLBENCH_DATA_DIR"]).expanduser())
+    roots += [Path("data"), Path("~/.cache/sslbench/data").expanduser()]
+    return roots
+
+
+def to_tensor_nchw(x: np.ndarray) -> torch.Tensor:
+    if x.ndim == 3:  # (N, H, W) grayscale
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if x.ndim != 4:
+        raise DataError(f"expected images of shape (N, H, W[, C]), got {x.shape}")
+    return torch.from_numpy(np.array(x, dtype=np.uint8, order="C", copy=True))
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of training batch ``step``: epoch-wise seeded permutations, drop-last.
+
+    A pure function of (n, batch_size, step, seed), so a resumed run sees exactly the batches
+    an uninterrupted run would.
+    """
+    per_epoch = max(1, n // batch_size)
+    epoch, i = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[i * batch_size : (i + 1) * batch_size]

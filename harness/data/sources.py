@@ -1,0 +1,282 @@
+"""Datasets read from their standard on-disk layouts into :class:`ImageDataset` (uint8 (N, C, H, W)).
+
+* Fashion-MNIST / MNIST: the official IDX files (``.gz`` or not). Debian's package
+  ``dataset-fashion-mnist`` installs them at ``/usr/share/datasets/fashion-mnist/``.
+* CIFAR-10/100: the official ``cifar-10-batches-py`` / ``cifar-100-python`` folders, read with a
+  restricted unpickler that only rebuilds plain containers and numpy arrays (a batch file that
+  carries any other pickle payload is refused), or an ``.npz`` with
+  ``x_train, y_train, x_test, y_test``.
+* ``npz``: any such ``.npz`` file (``data.data_dir`` is the file).
+* ``imagefolder``: ImageNet-style ``root/{train,val}/<class>/<image>``, resized to
+  ``data.image_size`` (default 64) and held in memory.
+* ``synthetic``: small generated data for tests only.
+
+Nothing is downloaded: a missing dataset is a :class:`DataError` saying where we looked and
+how to get it. Each loader registers itself in :data:`DATASETS`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.core.errors import DataError
+from harness.core.registry import Registry
+from harness.data.dataset import ImageDataset, data_roots, to_tensor_nchw
+
+DATASETS: Registry = Registry("dataset")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzip-compressed or not."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: unreadable ({e}); re-download or reinstall the dataset") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes; re-download the dataset")
+    ndim = raw[3]
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path}: truncated IDX file ({data.size} of {int(np.prod(dims))} bytes); re-download it")
+    return data.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def _load_idx_dataset(name: str, data_dir: str | None, default_dirs: list[Path], how: str,
+                      class_names: list[str]) -> ImageDataset:
+    roots = data_roots(data_dir) if data_dir else default_dirs + [r / name.replace("_", "-") for r in data_roots(None)]
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    for root in roots:
+        paths = [_find_idx(root, s) for s in stems]
+        if all(paths):
+            xtr, ytr, xte, yte = (read_idx(p) for p in paths)
+            return ImageDataset(name, to_tensor_nchw(xtr), torch.from_numpy(ytr.astype(np.int64)),
+                                to_tensor_nchw(xte), torch.from_numpy(yte.astype(np.int64)),
+                                10, class_names, source=str(root))
+    looked = ", ".join(str(r) for r in roots)
+    raise DataError(f"{name} not found (looked in {looked} for train-images-idx3-ubyte[.gz] etc.); {how}")
+
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+FASHION_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(data_dir: str | None = None, **_) -> ImageDataset:
+    return _load_idx_dataset(
+        "fashion_mnist", data_dir, [FASHION_DIR],
+        "install it with 'apt-get install dataset-fashion-mnist' (Debian/Ubuntu) or put the four official "
+        "IDX files from the Fashion-MNIST repository in a folder and pass data.data_dir=FOLDER",
+        FASHION_CLASSES,
+    )
+
+
+@DATASETS.register("mnist")
+def mnist(data_dir: str | None = None, **_) -> ImageDataset:
+    return _load_idx_dataset(
+        "mnist", data_dir, [Path("/usr/share/datasets/mnist")],
+        "put the four official MNIST IDX files in a folder and pass data.data_dir=FOLDER",
+        [str(i) for i in range(10)],
+    )
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Rebuilds only numpy arrays and plain containers; anything else is refused.
+
+    The official CIFAR batches are pickled dicts of bytes/str keys, lists of ints and one
+    uint8 ndarray. A pickle can run arbitrary code through ``find_class`` (``os.system``,
+    ``builtins.eval``...); we allow only the few numpy names needed to rebuild an array.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused pickle global {module}.{name}")
+
+
+def safe_unpickle(path: Path):
+    try:
+        with open(path, "rb") as f:
+            return RestrictedUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(
+            f"{path}: refusing to load, the file carries a pickle payload that is not plain data ({e}); "
+            "replace it with the official CIFAR download"
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as e:
+        raise DataError(f"{path}: corrupt or truncated CIFAR batch ({type(e).__name__}); re-download it") from None
+
+
+def _batch_arrays(d, path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: not a CIFAR batch (expected a dict)")
+    d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
+    lk = label_key.decode()
+    if "data" not in d or lk not in d:
+        raise DataError(f"{path}: not a CIFAR batch (missing 'data' or '{lk}')")
+    x = np.asarray(d["data"])
+    y = np.asarray(d[lk], dtype=np.int64)
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+        raise DataError(f"{path}: corrupt CIFAR batch (data {x.shape} {x.dtype}, {len(y)} labels)")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def load_npz(path: Path, name: str, num_classes: int | None = None) -> ImageDataset:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: .npz lacks {', '.join(missing)} (needs x_train, y_train, x_test, y_test)")
+            arrs = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            names = [str(c) for c in z["class_names"]] if "class_names" in z.files else []
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise DataError(f"{path}: corrupt or unreadable .npz ({type(e).__name__}: {str(e)[:80]}); re-create or re-download it") from None
+    for k in ("x_train", "x_test"):
+        if arrs[k].dtype != np.uint8:
+            raise DataError(f"{path}: {k} must be uint8 images, got {arrs[k].dtype}")
+    ytr = arrs["y_train"].astype(np.int64).reshape(-1)
+    yte = arrs["y_test"].astype(np.int64).reshape(-1)
+    k = num_classes or int(max(ytr.max(initial=0), yte.max(initial=0)) + 1)
+    return ImageDataset(name, to_tensor_nchw(arrs["x_train"]), torch.from_numpy(ytr),
+                        to_tensor_nchw(arrs["x_test"]), torch.from_numpy(yte), k, names, source=str(path))
+
+
+def _load_cifar(name: str, data_dir: str | None, folder: str, npz_name: str, train_files: list[str],
+                test_file: str, label_key: bytes, num_classes: int) -> ImageDataset:
+    roots = data_roots(data_dir)
+    for root in roots:
+        if root.is_file() and root.suffix == ".npz":
+            return load_npz(root, name, num_classes)
+        for cand in (root / folder, root):
+            if all((cand / f).exists() for f in train_files + [test_file]):
+                xs, ys = zip(*(_batch_arrays(safe_unpickle(cand / f), cand / f, label_key) for f in train_files))
+                xte, yte = _batch_arrays(safe_unpickle(cand / test_file), cand / test_file, label_key)
+                return ImageDataset(name, torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)),
+                                    torch.from_numpy(xte), torch.from_numpy(yte), num_classes, source=str(cand))
+        if (root / npz_name).exists():
+            return load_npz(root / npz_name, name, num_classes)
+    looked = ", ".join(str(r) for r in roots)
+    raise DataError(
+        f"{name} not found (looked for {folder}/ or {npz_name} in {looked}); download and extract the official "
+        f"python version of {name.upper().replace('CIFAR', 'CIFAR-')} and pass data.data_dir=FOLDER (or a .npz file)"
+    )
+
+
+@DATASETS.register("cifar10")
+def cifar10(data_dir: str | None = None, **_) -> ImageDataset:
+    return _load_cifar("cifar10", data_dir, "cifar-10-batches-py", "cifar10.npz",
+                       [f"data_batch_{i}" for i in range(1, 6)], "test_batch", b"labels", 10)
+
+
+@DATASETS.register("cifar100")
+def cifar100(data_dir: str | None = None, **_) -> ImageDataset:
+    return _load_cifar("cifar100", data_dir, "cifar-100-python", "cifar100.npz", ["train"], "test", b"fine_labels", 100)
+
+
+@DATASETS.register("npz")
+def npz(data_dir: str | None = None, **_) -> ImageDataset:
+    if not data_dir:
+        raise DataError("dataset 'npz' needs data.data_dir=FILE.npz (arrays x_train, y_train, x_test, y_test)")
+    p = Path(data_dir).expanduser()
+    if not p.is_file():
+        raise DataError(f"{p}: no such .npz file; pass data.data_dir=FILE.npz")
+    return load_npz(p, p.stem)
+
+
+IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+def _read_folder(root: Path, size: int, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from PIL import Image
+
+    classes = classes or sorted(d.name for d in root.iterdir() if d.is_dir())
+    xs, ys = [], []
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
+            if f.suffix.lower() not in IMG_EXT:
+                continue
+            try:
+                with Image.open(f) as im:
+                    im = im.convert("RGB")
+                    w, h = im.size
+                    s = min(w, h)  # centre square crop, then resize
+                    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BILINEAR)
+                    xs.append(np.asarray(im, dtype=np.uint8))
+                    ys.append(ci)
+            except OSError as e:
+                raise DataError(f"{f}: unreadable image ({e}); remove or replace it") from None
+    if not xs:
+        raise DataError(f"{root}: no images found in class sub-folders")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(data_dir: str | None = None, image_size: int | None = None, **_) -> ImageDataset:
+    if not data_dir:
+        raise DataError("dataset 'imagefolder' needs data.data_dir=ROOT with ROOT/train/<class>/* and ROOT/val/<class>/*")
+    root = Path(data_dir).expanduser()
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DataError(f"{root}: expected sub-folders train/ and val/ (or test/), each with one folder per class")
+    size = image_size or 64
+    xtr, ytr, classes = _read_folder(root / "train", size, None)
+    xte, yte, _ = _read_folder(test_dir, size, classes)
+    return ImageDataset(root.name, to_tensor_nchw(xtr), torch.from_numpy(ytr), to_tensor_nchw(xte),
+                        torch.from_numpy(yte), len(classes), classes, source=str(root))
+
+
+@DATASETS.register("synthetic")
+def synthetic(data_dir: str | None = None, image_size: int | None = None, n_train: int = 512, n_test: int = 256,
+              channels: int = 3, num_classes: int = 4, seed: int = 0, **_) -> ImageDataset:
+    """Tests only: class-dependent coloured blobs on noise; learnable but not trivial."""
+    size = image_size or 16
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        cx = (y.float() + 0.5) / num_classes * size
+        blob = torch.exp(-((xx[None] - cx[:, None, None]) ** 2 + (yy[None] - size / 2) ** 2) / (size / 3) ** 2)
+        x = 0.6 * blob[:, None].expand(n, channels, size, size) + 0.4 * torch.rand(n, channels, size, size, generator=g)
+        return (x.clamp(0, 1) * 255).to(torch.uint8), y
+
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    return ImageDataset("synthetic", xtr, ytr, xte, yte, num_classes, source="generated")
+
+
+def load_dataset(cfg) -> ImageDataset:
+    """Load ``cfg.data`` (a DataConfig) through the registry."""
+    factory = DATASETS.get(cfg.name)
+    ds = factory(data_dir=cfg.data_dir, image_size=cfg.image_size)
+    return ds.subset(cfg.train_subset, cfg.test_subset)

@@ -1,0 +1,245 @@
+"""Batched, seeded augmentations on tensors, on the training device.
+
+A :class:`ViewRecipe` turns a uint8 batch (B, C, H, W) into a list of normalised float views
+plus each view's crop geometry (for pixel-level methods). Every random draw comes from a
+``torch.Generator`` the trainer seeds from (run seed, step), so a batch's views are a pure
+function of the step: a resumed run sees the same views as an uninterrupted one.
+
+Colour on grayscale data is explicit: with ``color="skip"`` (default) saturation, hue and
+random-grayscale are dropped for 1-channel images and :meth:`ViewRecipe.notes` says so;
+with ``color="refuse"`` a 1-channel dataset is an error before training.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+
+from harness.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's augmentation (SimCLR/BYOL terminology; probabilities per image)."""
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+
+
+@dataclass
+class Views:
+    images: list[torch.Tensor]        # normalised float views, each (B, C, s, s)
+    boxes: list[torch.Tensor]         # per view (B, 4): crop (x0, y0, x1, y1) in [0, 1] of the source image
+    flipped: list[torch.Tensor]       # per view (B,) bool
+    source: torch.Tensor | None = None  # the normalised un-augmented batch, for methods that need it
+
+    def slice(self, start: int, stop: int) -> "Views":
+        """Rows ``start:stop`` of every view (a process's share of a global batch under DDP)."""
+        return Views([v[start:stop] for v in self.images], [b[start:stop] for b in self.boxes],
+                     [f[start:stop] for f in self.flipped], None if self.source is None else self.source[start:stop])
+
+
+@dataclass
+class ViewRecipe:
+    specs: list[ViewSpec]
+    color: str = "skip"               # "skip" | "refuse" for 1-channel datasets
+    notes_: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ presets
+    @staticmethod
+    def simclr(size: int, n: int = 2, blur: bool = True, strength: float = 1.0, min_scale: float = 0.08) -> "ViewRecipe":
+        s = strength
+        spec = ViewSpec(size, scale=(min_scale, 1.0), jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+                        blur_p=0.5 if blur else 0.0)
+        return ViewRecipe([spec] * n)
+
+    @staticmethod
+    def byol(size: int, blur: bool = True, min_scale: float = 0.08) -> "ViewRecipe":
+        """BYOL's asymmetric pair: blur 1.0 / 0.1, solarize 0 / 0.2."""
+        base = ViewSpec(size, scale=(min_scale, 1.0), jitter=(0.4, 0.4, 0.2, 0.1))
+        return ViewRecipe([replace(base, blur_p=1.0 if blur else 0.0),
+                           replace(base, blur_p=0.1 if blur else 0.0, solarize_p=0.2)])
+
+    @staticmethod
+    def moco_v2(size: int, blur: bool = True) -> "ViewRecipe":
+        spec = ViewSpec(size, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), blur_p=0.5 if blur else 0.0)
+        return ViewRecipe([spec, spec])
+
+    @staticmethod
+    def light(size: int, scale: tuple[float, float] = (0.2, 1.0), n: int = 1) -> "ViewRecipe":
+        """Crop + flip only (rotation prediction, masked image modelling)."""
+        return ViewRecipe([ViewSpec(size, scale=scale, jitter_p=0.0, gray_p=0.0)] * n)
+
+    @staticmethod
+    def multi_crop(global_size: int, local_size: int, n_local: int, global_scale=(0.4, 1.0),
+                   local_scale=(0.05, 0.4), blur: bool = True) -> "ViewRecipe":
+        g = ViewSpec(global_size, scale=global_scale, blur_p=0.5 if blur else 0.0)
+        loc = ViewSpec(local_size, scale=local_scale, blur_p=0.5 if blur else 0.0)
+        return ViewRecipe([g, g] + [loc] * n_local)
+
+    # ------------------------------------------------------------------ checks
+    def check(self, channels: int, image_size: int, method: str = "") -> None:
+        """Resolve the grayscale policy; called once before training."""
+        self.notes_ = []
+        if channels == 1:
+            uses_color = any(s.jitter_p > 0 and (s.jitter[2] > 0 or s.jitter[3] > 0) or s.gray_p > 0 for s in self.specs)
+            if uses_color and self.color == "refuse":
+                raise ConfigError(f"method '{method}' needs colour images but the dataset has 1 channel; "
+                                  "choose a colour dataset such as cifar10")
+            if uses_color:
+                self.notes_.append("grayscale dataset: saturation/hue jitter and random grayscale skipped")
+        if channels not in (1, 3):
+            raise ConfigError(f"views support 1- or 3-channel images, the dataset has {channels}")
+
+    def notes(self) -> list[str]:
+        return list(self.notes_)
+
+    # ------------------------------------------------------------------ apply
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, mean, std, keep_source: bool = False) -> Views:
+        xf = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        mean_t = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+        imgs, boxes, flips = [], [], []
+        for spec in self.specs:
+            v, box, fl = augment(xf, spec, gen)
+            imgs.append((v - mean_t) / std_t)
+            boxes.append(box)
+            flips.append(fl)
+        src = (xf - mean_t) / std_t if keep_source else None
+        return Views(imgs, boxes, flips, src)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> normalised float, the evaluation transform."""
+    xf = x.float() / 255.0
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (xf - m) / s
+
+
+def _u(gen, n, lo, hi, device):
+    return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+
+
+def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, flip_p: float, gen: torch.Generator):
+    """Batched RandomResizedCrop + horizontal flip via one affine grid_sample.
+
+    Returns the crops and each crop's box (x0, y0, x1, y1) in [0, 1] source coordinates.
+    Boxes whose sampled side exceeds the image are clamped (torchvision retries instead).
+    """
+    b, dev = x.shape[0], x.device
+    area = _u(gen, b, scale[0], scale[1], dev)
+    logr = _u(gen, b, math.log(ratio[0]), math.log(ratio[1]), dev)
+    r = torch.exp(logr)
+    w = torch.sqrt(area * r).clamp(max=1.0)
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    x0 = torch.rand(b, generator=gen, device=dev) * (1 - w)
+    y0 = torch.rand(b, generator=gen, device=dev) * (1 - h)
+    flip = torch.rand(b, generator=gen, device=dev) < flip_p
+    sx = torch.where(flip, -w, w)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = sx
+    theta[:, 0, 2] = (x0 + w / 2) * 2 - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = (y0 + h / 2) * 2 - 1
+    grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    box = torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+    return out, box, flip
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _blend(a, b, ratio):
+    return (ratio * a + (1 - ratio) * b).clamp_(0, 1)
+
+
+def color_jitter(x: torch.Tensor, jitter, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue (fixed order), each factor per image."""
+    b, dev = x.shape[0], x.device
+    apply = (torch.rand(b, generator=gen, device=dev) < p).float().view(b, 1, 1, 1)
+    bri, con, sat, hue = jitter
+    y = x
+    if bri > 0:
+        f = _u(gen, b, max(0, 1 - bri), 1 + bri, dev).view(b, 1, 1, 1)
+        y = (y * f).clamp(0, 1)
+    if con > 0:
+        f = _u(gen, b, max(0, 1 - con), 1 + con, dev).view(b, 1, 1, 1)
+        m = _gray(y).mean(dim=(1, 2, 3), keepdim=True)
+        y = _blend(y, m, f)
+    if x.shape[1] == 3:
+        if sat > 0:
+            f = _u(gen, b, max(0, 1 - sat), 1 + sat, dev).view(b, 1, 1, 1)
+            y = _blend(y, _gray(y), f)
+        if hue > 0:
+            # rotate chroma in YIQ space by an angle of hue * 2*pi
+            ang = _u(gen, b, -hue, hue, dev) * 2 * math.pi
+            y = _hue_rotate(y, ang)
+    return apply * y + (1 - apply) * x
+
+
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _hue_rotate(x: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
+    m = _RGB2YIQ.to(x.device)
+    minv = torch.linalg.inv(m)
+    c, s = torch.cos(ang), torch.sin(ang)
+    rot = torch.zeros(len(ang), 3, 3, device=x.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+    full = minv @ rot @ m  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", full, x).clamp_(0, 1)
+
+
+def gaussian_blur(x: torch.Tensor, p: float, sigma, gen: torch.Generator) -> torch.Tensor:
+    """Per-image Gaussian blur (kernel ~10% of the side, odd), sigma ~ U(sigma)."""
+    b, c, h, w = x.shape
+    dev = x.device
+    apply = torch.rand(b, generator=gen, device=dev) < p
+    sig = _u(gen, b, sigma[0], sigma[1], dev)
+    if not apply.any():
+        return x
+    k = max(3, int(round(0.1 * h)) // 2 * 2 + 1)
+    t = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
+    ker = torch.exp(-(t[None] ** 2) / (2 * sig[:, None] ** 2))
+    ker = ker / ker.sum(dim=1, keepdim=True)  # (B, k)
+    kc = ker.repeat_interleave(c, dim=0)  # (B*C, k)
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kc.view(b * c, 1, 1, k), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), kc.view(b * c, 1, k, 1), groups=b * c)
+    y = y.view(b, c, h, w)
+    return torch.where(apply.view(b, 1, 1, 1), y, x)
+
+
+def augment(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator):
+    """One view of a float batch in [0, 1]: crop+flip, jitter, grayscale, blur, solarize."""
+    b, dev = x.shape[0], x.device
+    v, box, flip = random_resized_crop(x, spec.size, spec.scale, spec.ratio, spec.flip, gen)
+    v = v.clamp_(0, 1)
+    if spec.jitter_p > 0:
+        v = color_jitter(v, spec.jitter, spec.jitter_p, gen)
+    if spec.gray_p > 0 and v.shape[1] == 3:
+        g = torch.rand(b, generator=gen, device=dev) < spec.gray_p
+        v = torch.where(g.view(b, 1, 1, 1), _gray(v).expand_as(v), v)
+    if spec.blur_p > 0:
+        v = gaussian_blur(v, spec.blur_p, spec.blur_sigma, gen)
+    if spec.solarize_p > 0:
+        s = torch.rand(b, generator=gen, device=dev) < spec.solarize_p
+        v = torch.where(s.view(b, 1, 1, 1) & (v >= 0.5), 1 - v, v)
+    return v, box, flip

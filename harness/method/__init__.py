@@ -1,0 +1,1 @@
+"""Layer 3: the method plugin contract (Method, DataInfo, StepInfo, Batch, OptimDefaults), the passive method registry and the shared pipelines (two-view, multi-crop). Above it sit the plugins: methods/ and the evaluator evals/."""

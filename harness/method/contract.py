@@ -1,0 +1,166 @@
+"""The method plugin contract.
+
+A method is an ``nn.Module`` subclass registered with ``@register_method(name, family, paper)``:
+
+```python
+@register_method("byol", family="siamese", paper="Grill et al., 2020")
+class BYOL(Method):
+    Config = BYOLConfig                         # dataclass of the paper's defaults
+
+    def __init__(self, backbone, cfg, info): ...
+    def view_recipe(self, info) -> ViewRecipe:  # how many views, sizes, augmentations
+    def training_step(self, batch, step) -> dict[str, Tensor]:   # {"loss": ..., extras}
+    def on_step_end(self, step) -> None:        # EMA update, queue push, schedules
+    def encoder(self) -> nn.Module:             # what the evaluator scores
+```
+
+Everything the method must resume with (EMA teachers, queues, prototypes, centres) is a
+submodule, parameter or buffer, so it lands in ``state_dict`` and therefore in checkpoints.
+Schedules are functions of ``step.progress`` in [0, 1], so every budget type completes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from harness.core.config import apply_dict, validate
+from harness.core.errors import ConfigError
+from harness.data.views import ViewRecipe, Views
+from harness.models.backbones import is_vit
+
+
+@dataclass
+class DataInfo:
+    """What a method may know about the data before training."""
+
+    name: str
+    channels: int
+    image_size: int
+    num_train: int
+    num_classes: int
+
+
+@dataclass
+class StepInfo:
+    step: int                     # 0-based optimisation step
+    progress: float               # fraction of the budget spent, in [0, 1]
+    total_steps: int | None       # None for wall-clock budgets
+    generator: torch.Generator    # seeded per step: use it for any randomness (masks, rotations)
+
+
+@dataclass
+class Batch:
+    views: Views
+    indices: torch.Tensor         # dataset indices of the batch (memory-bank methods)
+    labels: torch.Tensor | None = None  # class labels: only methods with uses_labels = True may read them
+
+
+@dataclass(frozen=True)
+class OptimDefaults:
+    """A method's optimiser as its paper states it: what a run gets when neither a preset nor an
+    ``optim.*`` override says otherwise (``harness.train.optim.effective_optim``). The LR is
+    ``base_lr * batch / 256`` (linear scaling); biases and norms get no weight decay and no LARS
+    trust ratio (``Method.param_groups``)."""
+
+    name: str = "sgd"                        # sgd | lars | adamw
+    base_lr: float = 0.05                    # at batch 256
+    weight_decay: float = 1e-4
+    momentum: float = 0.9                    # sgd, lars
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    lars_eta: float = 0.001                  # LARS trust coefficient
+
+    def __post_init__(self):
+        if self.name not in ("sgd", "lars", "adamw"):
+            raise ValueError(f"OptimDefaults.name must be sgd, lars or adamw, got {self.name!r}")
+
+
+@dataclass
+class Requirements:
+    vit: bool = False             # needs a timm VisionTransformer backbone
+    color: bool = False           # needs 3-channel images
+    min_image_size: int = 0
+
+
+class Method(nn.Module):
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    requires: ClassVar[Requirements] = Requirements()
+    optim: ClassVar[OptimDefaults] = OptimDefaults()   # the paper's optimiser (name, base LR at batch 256, WD, ...)
+    uses_labels: ClassVar[bool] = False  # True only for baselines (the supervised row); SSL methods never see labels
+    # under DDP, BatchNorm statistics run over the global batch (harness.core.distributed.GlobalBatchNorm),
+    # as SimCLR/BYOL/SwAV/Barlow Twins/MoCo v3 do; False keeps per-process BN (MoCo v1/v2's shuffled BN)
+    global_bn: ClassVar[bool] = True
+
+    def __init__(self, backbone: nn.Module, cfg: Any, info: DataInfo):
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+        self.info = info
+
+    # ---------------------------------------------------------------- contract
+    def view_recipe(self, info: DataInfo) -> ViewRecipe:
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def on_step_end(self, step: StepInfo) -> None:
+        pass
+
+    def wants_prepare_pass(self) -> bool:
+        """True if the method needs one pass over the training set before its first step
+        (e.g. filling a memory bank with real features); the trainer then calls
+        :meth:`prepare_batch` once per batch, in index order, without gradients, under the
+        same precision as training, and counts the time in a seconds budget."""
+        return False
+
+    def prepare_batch(self, batch: Batch) -> None:
+        pass
+
+    def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
+        # the trainer calls the module (so DDP's hooks run); it is the training step
+        return self.training_step(batch, step)
+
+    def encoder(self) -> nn.Module:
+        return self.backbone
+
+    def projector(self) -> nn.Module | None:
+        """Backbone + projector for projector-feature evaluation, if the method has one."""
+        return None
+
+    def param_groups(self) -> list[dict]:
+        """Optimiser parameter groups; default: everything trainable, no WD on biases/norms."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+
+    # ---------------------------------------------------------------- helpers
+    @classmethod
+    def make_config(cls, overrides: dict[str, Any]):
+        """The paper's defaults (``Config``) with ``overrides``, every field checked against its metadata."""
+        cfg = cls.Config()
+        apply_dict(cfg, overrides, prefix="method_cfg.")
+        validate(cfg, prefix="method_cfg.")
+        return cfg
+
+    @classmethod
+    def check_requirements(cls, backbone: nn.Module, info: DataInfo, backbone_name: str) -> None:
+        r = cls.requires
+        if r.vit and not is_vit(backbone):
+            raise ConfigError(f"method '{cls.name}' needs a ViT backbone, got '{backbone_name}'; "
+                              "try backbone=vit_mini_p4 or vit_tiny_p4")
+        if r.color and info.channels != 3:
+            raise ConfigError(f"method '{cls.name}' needs colour images; dataset '{info.name}' has {info.channels} channel(s)")
+        if info.image_size < r.min_image_size:
+            raise ConfigError(f"method '{cls.name}' needs images of at least {r.min_image_size} px; "
+                              f"dataset '{info.name}' has {info.image_size} px")
+

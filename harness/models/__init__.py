@@ -1,0 +1,1 @@
+"""Layer 2: backbones (timm and small-image variants), shared heads and stateful blocks (EMA teacher, queue, memory bank, centring, Sinkhorn-Knopp), multi-crop set-up, training kernels. Imports only harness.core."""

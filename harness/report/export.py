@@ -1,0 +1,51 @@
+"""``sslbench leaderboard``: tables from the store, printed and written under ``out/<experiment>/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evals.protocols import HEADLINE
+from harness.core.errors import SSLBenchError
+from harness.core.schema import BudgetConfig
+from harness.report.compare import runs_frame
+from harness.report.leaderboard import Table, build, current_runs, provenance
+from harness.report.plots import plot, plot_budget_curves
+from harness.report.render import plain, tables_from_csv, write
+from harness.tracking.query import fetch_runs
+from harness.tracking.store import tracking_uri
+
+
+def export_leaderboard(experiment: str | None, uri: str | None, out: str | Path, dataset: str | None = None,
+                       backbone: str | None = None, budget: str | None = None, sort: str = HEADLINE,
+                       command: str = "") -> tuple[list[Table], list[Path]]:
+    """Build the tables of ``experiment`` (all experiments when None), print them, and write
+    Markdown/CSV/HTML/PNG plus ``runs.csv`` (the per-run rows the tables show, for ``compare``)."""
+    runs = fetch_runs([experiment] if experiment else None, uri=uri)
+    budget = BudgetConfig.parse(budget).text if budget else None
+    tables = build(runs, dataset=dataset, backbone=backbone, budget=budget, sort=sort)
+    if not tables:
+        where = f"experiment '{experiment}'" if experiment else "the store"
+        raise SSLBenchError(f"no finished runs in {where} ({tracking_uri(uri)}); run 'sslbench run' first")
+    for t in tables:
+        print()
+        print(plain(t))
+    out_dir = Path(out) / (experiment or "all")
+    runs = current_runs(runs, tables)   # provenance and runs.csv: the records the tables show
+    paths = write(tables, out_dir, "leaderboard", command=command, title=experiment or "all experiments",
+                  meta=provenance(runs))
+    runs_frame(runs).to_csv(out_dir / "runs.csv", index=False)
+    paths.append(out_dir / "runs.csv")
+    print("\nwritten: " + ", ".join(str(p) for p in paths))
+    return tables, paths
+
+
+def replot(csv: str | Path) -> list[Path]:
+    """Redraw the PNGs of a written leaderboard from its ``leaderboard.csv`` (the same numbers; no store
+    needed), beside it."""
+    csv = Path(csv)
+    if not csv.is_file():
+        raise SSLBenchError(f"{csv}: no such file; give the leaderboard.csv that 'sslbench leaderboard' wrote")
+    tables = tables_from_csv(csv)
+    paths = plot(tables, csv.parent, csv.stem) + plot_budget_curves(tables, csv.parent, csv.stem)
+    print("written: " + ", ".join(str(p) for p in paths))
+    return paths

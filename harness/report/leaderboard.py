@@ -1,0 +1,156 @@
+"""Leaderboards from MLflow runs: mean over seeds with a 95% Student-t interval.
+
+Runs are grouped into separate tables by (dataset, budget, evaluation protocol), so runs
+with different budgets, protocols or datasets never share a column. Inside a table, one row
+per (method, backbone); each cell is ``mean ± half-width (n)``; a single-seed cell shows
+``(n=1)`` and no interval. Columns come from the protocol table (``evals.protocols``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from evals.protocols import HEADLINE, Column
+from evals.protocols import columns as protocol_columns
+from harness.core.schema import BudgetConfig
+from harness.method.registry import RANDOM_INIT
+
+
+def budget_text(runs: pd.DataFrame) -> pd.Series:
+    """Each run's budget as ``BudgetConfig.text`` (``seconds=240.0``), from its logged params."""
+    def one(kind, value) -> str:
+        try:
+            return BudgetConfig(str(kind), float(value)).text
+        except (TypeError, ValueError):
+            return f"{kind}={value}"
+
+    return pd.Series([one(k, v) for k, v in zip(runs["params.budget.kind"], runs["params.budget.value"])],
+                     index=runs.index, dtype=object)
+
+
+PRETRAIN_COLUMNS = (Column("pretrain/throughput", "img/s", digits=0), Column("pretrain/seconds", "train s", digits=0))
+
+
+def columns() -> list[Column]:
+    """The leaderboard's metric columns: every protocol's (the protocol table), then pretraining's."""
+    return [*protocol_columns(), *PRETRAIN_COLUMNS]
+
+
+def ci95(values) -> tuple[float, float, int]:
+    """Mean, 95% half-width (Student t, n-1 dof; nan for n < 2) and n of the finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    if n == 1:
+        return float(v[0]), float("nan"), 1
+    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return float(v.mean()), half, n
+
+
+def _protocol_key(row: pd.Series) -> str:
+    """A short hash of the evaluation knobs the evaluator logged for this run (``eval/...`` params:
+    the protocols run and their settings; not the seed), so runs scored differently never share
+    a column, while config keys of protocols that did not run do not split tables."""
+    knobs = sorted((k, str(v)) for k, v in row.items()
+                   if k.startswith("params.eval/") and k != "params.eval/seed" and isinstance(v, str))
+    return hashlib.sha1(repr(knobs).encode()).hexdigest()[:8]
+
+
+@dataclass
+class Table:
+    dataset: str
+    budget: str
+    protocol: str
+    frame: pd.DataFrame          # one row per (method, backbone); columns metric/mean, metric/ci, metric/n
+    run_ids: tuple[str, ...] = ()  # the MLflow runs the cells average (superseded records excluded)
+
+
+def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None = None, budget: str | None = None,
+          sort: str = HEADLINE) -> list[Table]:
+    if runs.empty:
+        return []
+    df = runs.copy()
+    for col in ("params.method", "params.backbone", "params.data.name", "params.budget.kind", "params.budget.value", "params.seed"):
+        if col not in df:
+            df[col] = None
+    df["dataset"] = df["params.data.name"]
+    df["budget"] = budget_text(df)
+    df["protocol"] = df.apply(_protocol_key, axis=1)
+    # one record per run: a rerun or a re-evaluation (a new MLflow run under the same run
+    # identity, possibly with other protocol knobs) supersedes the older ones; MLflow keeps them
+    if "start_time" in df:
+        df = df.sort_values("start_time", kind="stable")
+    ident = [c for c in ("experiment",) if c in df] + ["params.method", "params.backbone", "dataset", "budget", "params.seed"]
+    df = df.drop_duplicates(ident, keep="last")
+    if dataset:
+        df = df[df["dataset"] == dataset]
+    if backbone:
+        df = df[df["params.backbone"] == backbone]
+    # a random-init encoder trains nothing: its rows join every budget's table of the same
+    # dataset and protocol (the floor of each table)
+    is_rand = df["params.method"] == RANDOM_INIT
+    rand = df[is_rand].copy()
+    df = df[~is_rand]
+    if budget:
+        df = df[df["budget"] == budget]
+    groups = {key for key in df.groupby(["dataset", "budget", "protocol"]).groups}
+    for key in rand.groupby(["dataset", "protocol"]).groups:
+        if not any((g[0], g[2]) == key for g in groups):
+            groups.add((key[0], "any", key[1]))
+    extra = []
+    for ds_, bud, proto in groups:
+        r = rand[(rand["dataset"] == ds_) & (rand["protocol"] == proto)].copy()
+        r["budget"] = bud
+        extra.append(r)
+    df = pd.concat([df, *extra], ignore_index=True) if extra else df
+    # the same (method, backbone, dataset, budget, protocol, seed) logged twice: keep the newest run
+    if "start_time" in df:
+        df = df.sort_values("start_time")
+    df = df.drop_duplicates(["params.method", "params.backbone", "dataset", "budget", "protocol", "params.seed"], keep="last")
+    tables = []
+    for (ds, bud, proto), g in df.groupby(["dataset", "budget", "protocol"], sort=True):
+        rows = []
+        for (method, bb), r in g.groupby(["params.method", "params.backbone"], sort=False):
+            row = {"method": method, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique())))}
+            for metric in (c.metric for c in columns()):
+                col = f"metrics.{metric}"
+                mean, half, n = ci95(r[col].tolist()) if col in r else (float("nan"), float("nan"), 0)
+                row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        ids = tuple(sorted(set(g["run_id"].dropna().astype(str)))) if "run_id" in g else ()
+        key = f"{sort}/mean"
+        if key in frame:
+            frame = frame.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
+        tables.append(Table(ds, bud, proto, frame, ids))
+    return tables
+
+
+def current_runs(runs: pd.DataFrame, tables: list[Table]) -> pd.DataFrame:
+    """The runs whose numbers the tables show (a rerun's older records left out), when known."""
+    ids = {i for t in tables for i in t.run_ids}
+    return runs[runs["run_id"].astype(str).isin(ids)] if ids and "run_id" in runs else runs
+
+
+def provenance(runs: pd.DataFrame) -> str:
+    """Where the numbers come from: devices, torch versions and git commits of the runs."""
+    parts = []
+    for col, name in (("tags.device.name", "device"), ("tags.host.cpu_count", "CPU cores"),
+                      ("tags.torch.version", "torch"), ("tags.git.commit", "commit")):
+        if col in runs:
+            vals = sorted({str(v)[:12] if name == "commit" else str(v) for v in runs[col].dropna()})
+            if vals:
+                parts.append(f"{name}: {', '.join(vals)}")
+    text = "; ".join(parts)
+    if "tags.command" in runs:
+        cmds = sorted({str(c) for c in runs["tags.command"].dropna() if str(c).strip()})
+        if cmds:
+            text += "\n\nRuns produced by:\n\n" + "\n".join(f"- `{c}`" for c in cmds)
+    return text

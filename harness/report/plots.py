@@ -1,0 +1,184 @@
+"""Leaderboard plots (PNG): the per-table bar chart and alignment/uniformity scatter, and
+accuracy-vs-budget curves when a dataset was measured at several budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from evals.protocols import HEADLINE, HEADLINE_METRICS
+from harness.core.errors import SSLBenchError
+from harness.core.schema import BudgetConfig
+from harness.method.registry import RANDOM_INIT
+from harness.report.leaderboard import Table, columns
+
+
+def _budget_value(budget: str) -> tuple[str, float] | None:
+    try:
+        b = BudgetConfig.parse(budget)
+    except SSLBenchError:   # "any": the random-init rows' budget
+        return None
+    return b.kind, float(b.value)
+
+
+def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = HEADLINE) -> list[Path]:
+    """Accuracy vs budget, one line per (method, backbone) with 95% CI bars, for every (dataset,
+    protocol, budget kind) measured at two or more budgets; random-init rows are a dashed floor.
+    Writes ``{stem}-budget.png`` (one panel per group); nothing when no group has two budgets."""
+    groups: dict[tuple[str, str, str], list[tuple[float, Table]]] = {}
+    for t in tables:
+        bv = _budget_value(t.budget)
+        if bv is not None:
+            groups.setdefault((t.dataset, t.protocol, bv[0]), []).append((bv[1], t))
+    groups = {k: sorted(v, key=lambda x: x[0]) for k, v in groups.items() if len(v) >= 2}
+    if not groups:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
+    for ax, ((ds, proto, kind), items) in zip(axes[0], sorted(groups.items())):
+        lines: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        for value, t in items:
+            for _, r in t.frame.iterrows():
+                if r[f"{metric}/n"] > 0:
+                    lines.setdefault((r["method"], r["backbone"]), []).append((value, r[f"{metric}/mean"], r[f"{metric}/ci"]))
+        for (method, bb), pts in sorted(lines.items()):
+            x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
+            if method == RANDOM_INIT:
+                ax.axhline(np.nanmean(y), linestyle="--", color="grey", linewidth=1)
+                ax.annotate(f"random init ({bb})", (x.min(), np.nanmean(y)), fontsize=8, color="grey")
+                continue
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), marker="o", capsize=3, label=f"{method} ({bb})")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"budget ({kind})")
+        ax.set_ylabel(f"{metric} top-1 (%)")
+        ax.set_title(f"{ds}, protocol {proto}: accuracy vs budget")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = out / f"{stem}-budget.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return [p]
+
+
+def _place_labels(ax, points: list[tuple[int, float, float]]) -> None:
+    """Number each scatter point, each label at whichever of a few offsets lies farthest from the
+    other points and the labels placed so far (greedy, in screen coordinates)."""
+    offsets = [(4, 3), (4, -10), (-14, 3), (-14, -10), (4, 11), (-14, 11), (10, -3), (-20, -3)]
+    fig_dpi = ax.figure.dpi / 72.0
+    screen = [ax.transData.transform((u, a)) for _, u, a in points]
+    taken: list[tuple[float, float]] = []
+    def clearance(o, sx, sy):
+        cx, cy = sx + (o[0] + 4) * fig_dpi, sy + (o[1] + 3) * fig_dpi
+        others = [q for q in screen if abs(q[0] - sx) + abs(q[1] - sy) > 1e-6] + taken
+        return min((np.hypot(cx - qx, cy - qy) for qx, qy in others), default=np.inf)
+
+    for (rank, u, a), (sx, sy) in zip(points, screen):
+        best = max(offsets, key=lambda o, sx=sx, sy=sy: clearance(o, sx, sy))
+        taken.append((sx + (best[0] + 4) * fig_dpi, sy + (best[1] + 3) * fig_dpi))
+        ax.annotate(str(rank), (u, a), textcoords="offset points", xytext=best, fontsize=7)
+
+
+def _label(r) -> str:
+    return f"{'random init' if r['method'] == RANDOM_INIT else r['method']} ({r['backbone']})"
+
+
+def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> list[Path]:
+    """One PNG per table: horizontal bars of the headline metrics (mean, 95% CI whiskers), one row per
+    (method, backbone) sorted by the first metric, random-init rows grey; beside it the
+    alignment/uniformity scatter, each point numbered as its bar row and named in a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    names = {c.metric: c.header for c in columns()}
+    paths = []
+    for i, t in enumerate(tables):
+        shown = [m for m in metrics if f"{m}/n" in t.frame and t.frame[f"{m}/n"].max() > 0]
+        f = t.frame.sort_values(f"{shown[0]}/mean" if shown else "method", ascending=True,
+                                na_position="first").reset_index(drop=True)
+        n = len(f)
+        has_au = "align/n" in f and bool(((f["align/n"] > 0) & np.isfinite(f["align/mean"].astype(float))
+                                          & np.isfinite(f["uniform/mean"].astype(float))).any())
+        fig, axes = plt.subplots(1, 2 if has_au else 1, figsize=(15 if has_au else 8, max(3.5, 1.2 + 0.32 * n)),
+                                 squeeze=False, gridspec_kw={"width_ratios": [1.15, 1]} if has_au else None)
+        ax = axes[0][0]
+        y = np.arange(n)
+        height = 0.8 / max(1, len(shown))
+        rand = (f["method"] == RANDOM_INIT).to_numpy()
+        for j, m in enumerate(shown):
+            mean = f[f"{m}/mean"].to_numpy(float)
+            err = f[f"{m}/ci"].to_numpy(float)
+            off = (j - (len(shown) - 1) / 2) * height
+            bars = ax.barh(y + off, mean, height=height, color=f"C{j}")
+            ok = np.isfinite(err) & np.isfinite(mean)   # no whisker for single-seed cells (no interval)
+            if ok.any():
+                ax.errorbar(mean[ok], (y + off)[ok], xerr=err[ok], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+            for b, r in zip(bars, rand):
+                if r:   # the floor: random-init rows hatched, in the metric's colour
+                    b.set_facecolor("white")
+                    b.set_edgecolor(f"C{j}")
+                    b.set_hatch("///")
+        labels = [f"{n - k}. {_label(r)}" for k, (_, r) in enumerate(f.iterrows())]   # rank 1 = best, at the top
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_ylim(-0.6, n - 0.4)
+        lo = np.nanmin([f[f"{m}/mean"].min() for m in shown]) if shown else np.nan
+        hi = np.nanmax([(f[f"{m}/mean"] + f[f"{m}/ci"].fillna(0)).max() for m in shown]) if shown else np.nan
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.set_xlim(max(0.0, lo - 8), min(100.0, hi + 3))
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("top-1 accuracy (%), mean over seeds with 95% CI")
+        n_max = int(max((f[f"{m}/n"].max() for m in shown), default=0))
+        ax.set_title(f"{t.dataset}, budget {t.budget}" + (f" (n <= {n_max} seeds)" if n_max > 1 else " (1 seed: no CI)"),
+                     fontsize=10)
+        handles = [Patch(color=f"C{j}", label=names.get(m, m)) for j, m in enumerate(shown)]
+        handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="///", label="random init (floor)"))
+        ax.legend(handles=handles, loc="lower right", fontsize=8)
+        if has_au:
+            ax2 = axes[0][1]
+            markers = "osD^vP*Xh<>"
+            pts = [(n - k, r) for k, (_, r) in enumerate(f.iterrows())
+                   if r["align/n"] > 0 and np.isfinite(r["align/mean"]) and np.isfinite(r["uniform/mean"])]
+            # axes fit the trained encoders; a random-init point far outside is pinned to the border and noted
+            core = [r for _, r in pts if r["method"] != RANDOM_INIT] or [r for _, r in pts]
+            (x0, x1), (y0, y1) = ((min(r[c] for r in core), max(r[c] for r in core)) for c in ("uniform/mean", "align/mean"))
+            px, py = 0.12 * (x1 - x0 or 1.0), 0.12 * (y1 - y0 or 1.0)
+            xlim, ylim = (x0 - px, x1 + px), (y0 - py, y1 + py)
+            ax2.set_xlim(*xlim)
+            ax2.set_ylim(*ylim)
+            off_scale, placed = [], []
+            for rank, r in pts:
+                u, a = r["uniform/mean"], r["align/mean"]
+                inside = xlim[0] <= u <= xlim[1] and ylim[0] <= a <= ylim[1]
+                if not inside:
+                    off_scale.append(f"{rank}. {_label(r)} at ({u:.2f}, {a:.3f})")
+                    u, a = min(max(u, xlim[0]), xlim[1]), min(max(a, ylim[0]), ylim[1])
+                k = n - rank
+                ax2.scatter(u, a, s=45, marker=markers[k % len(markers)], facecolors="none" if not inside else None,
+                            color="0.45" if r["method"] == RANDOM_INIT else f"C{k % 10}", label=f"{rank}. {_label(r)}",
+                            clip_on=False)
+                placed.append((rank, u, a))
+            _place_labels(ax2, placed)
+            if off_scale:
+                ax2.text(0.01, 0.01, "off scale (pinned to the border): " + "; ".join(off_scale), transform=ax2.transAxes,
+                         fontsize=7, va="bottom", wrap=True)
+            handles, leg = ax2.get_legend_handles_labels()
+            order = sorted(range(len(leg)), key=lambda q: int(leg[q].split(".")[0]))
+            ax2.legend([handles[q] for q in order], [leg[q] for q in order], fontsize=7, loc="upper left",
+                       bbox_to_anchor=(1.01, 1.0), frameon=False, ncol=1 + len(leg) // 30)
+            ax2.set_xlabel("uniformity (lower is better)")
+            ax2.set_ylabel("alignment (lower is better)")
+            ax2.grid(alpha=0.3)
+            ax2.set_title("alignment vs uniformity (Wang & Isola, 2020); numbers = bar rank", fontsize=10)
+        fig.tight_layout()
+        p = out / f"{stem}{f'-{i}' if len(tables) > 1 else ''}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths

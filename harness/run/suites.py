@@ -1,0 +1,84 @@
+"""Suites: several methods x seeds under one config, plus random-init rows, run one after another."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+from harness.core.config import load_yaml
+from harness.core.errors import ConfigError, TrainingDiverged
+from harness.data.dataset import ImageDataset
+from harness.data.sources import load_dataset
+from harness.run.evaluate import random_init
+from harness.run.naming import log, run_name
+from harness.run.plugins import get_method
+from harness.run.pretrain import pretrain
+from harness.train.config import RunConfig, resolve, to_dict
+
+
+@dataclasses.dataclass
+class Suite:
+    name: str
+    methods: list[str]
+    seeds: list[int]
+    common: dict[str, Any]                   # overrides for every run
+    per_method: dict[str, dict[str, Any]]    # overrides per method (e.g. mae: backbone)
+    random_init: bool = True
+
+
+def load_suite(spec: str | dict[str, Any]) -> Suite:
+    data = load_yaml(spec) if isinstance(spec, str) else dict(spec)
+    unknown = set(data) - {"name", "methods", "seeds", "common", "per_method", "random_init", "description"}
+    if unknown:
+        raise ConfigError(f"unknown suite key(s) {', '.join(sorted(unknown))}; valid: name, methods, seeds, common, per_method, random_init")
+    methods = data.get("methods") or []
+    if not methods:
+        raise ConfigError("a suite needs a non-empty 'methods' list")
+    return Suite(str(data.get("name", "suite")), [str(m) for m in methods], [int(s) for s in data.get("seeds", [0])],
+                 dict(data.get("common") or {}), {str(k): dict(v or {}) for k, v in (data.get("per_method") or {}).items()},
+                 bool(data.get("random_init", True)))
+
+
+def suite_configs(suite: Suite, overrides: dict[str, Any]) -> list[RunConfig]:
+    cfgs = []
+    for m in suite.methods:
+        get_method(m)  # fail early on an unknown name
+        for s in suite.seeds:
+            base = {"tracking.experiment": suite.name, **suite.common, **suite.per_method.get(m, {}), "method": m, "seed": s}
+            cfgs.append(resolve(overrides, base=base))
+    return cfgs
+
+
+def run_suite(spec: str | dict[str, Any], overrides: dict[str, Any], resume: bool = False) -> list[dict[str, Any]]:
+    suite = load_suite(spec)
+    cfgs = suite_configs(suite, overrides)  # validates every config before any training
+    datasets: dict[str, ImageDataset] = {}
+
+    def data_for(cfg: RunConfig) -> ImageDataset:
+        key = json.dumps(dataclasses.asdict(cfg.data), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = load_dataset(cfg.data)
+        return datasets[key]
+
+    results = []
+    t0 = time.time()
+    for i, cfg in enumerate(cfgs):
+        log(f"[{i + 1}/{len(cfgs)}] {run_name(cfg)} ({time.time() - t0:.0f}s elapsed)")
+        try:
+            results.append(pretrain(cfg, resume=resume, dataset=data_for(cfg)))
+        except TrainingDiverged as e:
+            log(f"{run_name(cfg)} FAILED: {e}")
+            results.append({"failed": str(e), "config": to_dict(cfg)})
+    if suite.random_init:
+        done = set()
+        for cfg in cfgs:
+            key = (cfg.backbone, cfg.seed, cfg.data.name)
+            if key in done:
+                continue
+            done.add(key)
+            log(f"random-init baseline: {cfg.backbone} seed {cfg.seed}")
+            results.append(random_init(cfg, cfg.backbone, data_for(cfg), resume=resume))
+    log(f"suite '{suite.name}' done in {time.time() - t0:.0f}s")
+    return results

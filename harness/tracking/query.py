@@ -1,0 +1,39 @@
+"""Reading runs back from the store, for leaderboards and comparisons."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.tracking.keys import from_mlflow_key, to_mlflow_key
+from harness.tracking.store import client
+
+
+def fetch_runs(experiments: list[str] | None = None, uri: str | None = None, status: str = "FINISHED"):
+    """All runs of the given experiments (all when None) as a pandas DataFrame:
+    one row per run; columns ``params.*``, ``metrics.*``, ``tags.*``, plus run_id, experiment, status."""
+    cl, uri = client(uri)
+    exps = cl.search_experiments()
+    if experiments:
+        exps = [e for e in exps if e.name in experiments]
+    rows = []
+    for e in exps:
+        page_token = None
+        while True:
+            res = cl.search_runs([e.experiment_id], max_results=1000, page_token=page_token,
+                                 filter_string=f"attributes.status = '{status}'" if status else "")
+            for r in res:
+                row = {"run_id": r.info.run_id, "experiment": e.name, "status": r.info.status,
+                       "run_name": r.info.run_name, "start_time": r.info.start_time}
+                row.update({f"params.{k}": v for k, v in r.data.params.items()})
+                row.update({f"metrics.{from_mlflow_key(k)}": v for k, v in r.data.metrics.items()})
+                row.update({f"tags.{k}": v for k, v in r.data.tags.items()})
+                rows.append(row)
+            page_token = res.token
+            if not page_token:
+                break
+    return pd.DataFrame(rows)
+
+
+def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
+    cl, _ = client(uri)
+    return [(m.step, m.value) for m in cl.get_metric_history(run_id, to_mlflow_key(key))]

@@ -1,0 +1,271 @@
+"""The trainer: budget, LR schedule over progress, bf16 autocast, DDP, checkpoints, resume.
+
+Determinism: the batch indices and every random draw of step ``s`` (views, masks, dropout)
+are seeded from (run seed, s, rank); the LR is a function of progress. A run resumed from
+a checkpoint at step s therefore continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.flop_counter import FlopCounterMode
+
+from harness.core import checkpoint as ckpt
+from harness.core import distributed as dist
+from harness.core.device import bf16_supported, resolve_device, resolve_precision
+from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
+from harness.core.schedules import warmup_cosine
+from harness.data.dataset import ImageDataset, batch_indices
+from harness.method.contract import Batch, StepInfo
+from harness.models.backbones import is_convnet
+from harness.models.kernels import prepare_for_training
+from harness.train.budget import steps_per_epoch, total_steps
+from harness.train.build import build_method, data_info, trajectory_diff
+from harness.train.config import RunConfig, to_dict
+from harness.train.optim import build_optimizer, effective_optim
+from harness.train.progress import TrainingBar
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    seconds: float
+    images: int
+    throughput: float          # source images per second of training
+    final_loss: float
+    precision: str
+    channels_last: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**62)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, dataset: ImageDataset, run_dir: str | Path,
+                 log_fn: Callable[[dict[str, float], int], None] | None = None):
+        self.cfg = cfg
+        self.ds = dataset
+        self.run_dir = Path(run_dir)
+        self.log_fn = log_fn or (lambda metrics, step: None)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        if self.precision == "bf16" and not bf16_supported(self.device):
+            raise ConfigError(f"train.precision=bf16 but this {self.device.type} has no bf16 support; use fp32 or auto")
+        self.info = data_info(dataset)
+        if cfg.optim.batch_size > len(dataset.x_train):
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(dataset.x_train)} training images")
+        self.world = dist.world_size()
+        if cfg.optim.batch_size % self.world:
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {self.world} processes")
+        torch.manual_seed(cfg.seed)
+        self.method = build_method(cfg, self.info).to(self.device)
+        self.uses_labels = type(self.method).uses_labels
+        self.recipe = self.method.view_recipe(self.info)
+        self.recipe.check(self.info.channels, self.info.image_size, cfg.method)
+        self.channels_last = prepare_for_training(self.method, is_convnet(self.method.backbone), self.device,
+                                                  self.precision, cfg.train.channels_last, cfg.train.conv_wgrad)
+        self.model = self.method
+        if dist.is_distributed():
+            if type(self.method).global_bn and self.world > 1:
+                dist.convert_to_global_bn(self.method)
+
+            self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                             find_unused_parameters=False)
+        # the method's declared optimiser (its paper's) unless a preset or override says otherwise
+        self.optim = effective_optim(type(self.method).optim, cfg.optim)
+        self.base_lr = self.optim.lr
+        self.optimizer = build_optimizer(self.optim, self.method.param_groups())
+        self.total = total_steps(cfg, len(dataset.x_train))
+        self.flops_per_step: float | None = None   # flops budgets: measured on the first step
+        self.step = 0
+        self.elapsed = 0.0
+        self.last_loss = float("nan")
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, finished: bool) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT_VERSION,
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "finished": finished,
+            "last_loss": self.last_loss,
+            "flops_per_step": self.flops_per_step,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "config": to_dict(self.cfg),
+            "method": self.cfg.method,
+            "backbone": self.cfg.backbone,
+            "data_info": dataclasses.asdict(self.info),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        diff = trajectory_diff(state["config"], to_dict(self.cfg))
+        if diff:
+            shown = ", ".join(diff[:4])
+            raise CheckpointError(f"cannot resume: the checkpoint was written with another config ({shown}); "
+                                  "rerun without --resume to start over")
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.last_loss = float(state.get("last_loss", float("nan")))
+        if state.get("flops_per_step"):
+            self._set_flops_per_step(float(state["flops_per_step"]))
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save(self, finished: bool = False) -> None:
+        if dist.is_main():
+            ckpt.save_atomic(self.state_dict(finished), self.checkpoint_path)
+
+    # ------------------------------------------------------------------ loop
+    def progress(self) -> float:
+        if self.total is not None:
+            return self.step / self.total
+        if self.cfg.budget.kind == "flops":
+            return 0.0  # before the first step is measured
+        return self.elapsed / self.cfg.budget.value
+
+    def _set_flops_per_step(self, flops: float) -> None:
+        """A flops budget becomes a step count: floor(budget / FLOPs of one step), at least 1."""
+        self.flops_per_step = flops
+        self.total = max(1, int(self.cfg.budget.value // max(flops, 1.0)))
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+        """Train until the budget is spent (or, for tests and preemption drills, until step ``stop_after``)."""
+        if resume and self.checkpoint_path.exists():
+            self.load_state(ckpt.load(self.checkpoint_path, map_location=str(self.device)))
+        elif resume:
+            print(f"sslbench: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+        cfg = self.cfg
+        x_all = self.ds.x_train
+        if self.device.type == "cuda":
+            x_all = x_all.to(self.device)
+        n = len(x_all)
+        bs_local = cfg.optim.batch_size // self.world
+        rank = dist.rank()
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        self.method.train()
+        bar = self._bar()
+        last_ckpt_time = time.monotonic()
+        last_ckpt_step = self.step
+        images_per_step = cfg.optim.batch_size
+        log_every = max(1, min(50, (self.total or 10**9) // 20 or 1))
+        if self.step == 0 and self.method.wants_prepare_pass():
+            self._prepare_pass(x_all, amp)
+        while self.progress() < 1.0 and (stop_after is None or self.step < stop_after):
+            t0 = time.perf_counter()
+            p = self.progress()
+            lr_factor = warmup_cosine(p, cfg.optim.warmup, 1.0, 0.0)
+            for g in self.optimizer.param_groups:
+                # a group flagged fixed_lr keeps its base LR: no warm-up, no decay (SimSiam's predictor)
+                g["lr"] = self.base_lr * (1.0 if g.get("fixed_lr") else lr_factor) * g.get("base_lr_scale", 1.0)
+            # views come from one generator shared by every process: each process augments the whole
+            # global batch and keeps its slice, so N processes see exactly the views one process would
+            # (augmenting is ~0.4% of a step); torch's global RNG (dropout, drop-path) stays per process
+            torch.manual_seed(_step_seed(cfg.seed, self.step, rank))
+            gen = torch.Generator(device=self.device).manual_seed(_step_seed(cfg.seed, self.step, 0))
+            spe = steps_per_epoch(n, cfg.optim.batch_size, cfg.train.max_steps_per_epoch)
+            epoch, i = divmod(self.step, spe)
+            idx = batch_indices(n, cfg.optim.batch_size, epoch * max(1, n // cfg.optim.batch_size) + i, cfg.seed)
+            x = x_all[idx].to(self.device, non_blocking=True)
+            views = self.recipe(x, gen, self.ds.mean, self.ds.std)
+            if self.world > 1:
+                lo, hi = rank * bs_local, (rank + 1) * bs_local
+                idx, views = idx[lo:hi], views.slice(lo, hi)
+            if self.channels_last:
+                views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
+            info = StepInfo(self.step, p, self.total, gen)
+            counter = None
+            if cfg.budget.kind == "flops" and self.flops_per_step is None:
+                counter = FlopCounterMode(display=False)  # counts this step's forward and backward
+                counter.__enter__()
+            with amp:
+                labels = self.ds.y_train[idx].to(self.device) if self.uses_labels else None
+                out = self.model(Batch(views, idx.to(self.device), labels), info)
+            loss = out["loss"]
+            # the global batch's loss (the mean over processes: losses are means over each process's
+            # share); every process sees the same value, so all stop together on a NaN
+            global_loss = dist.all_reduce_mean(loss.detach().float()) if self.world > 1 else loss.detach()
+            if not torch.isfinite(global_loss):
+                raise TrainingDiverged(
+                    f"loss became {global_loss.item()} at step {self.step} ({cfg.method}, lr {self.base_lr * lr_factor:.3g}); "
+                    "the run is marked FAILED: lower optim.lr, set optim.grad_clip, or use train.precision=fp32"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if counter is not None:
+                counter.__exit__(None, None, None)
+                self._set_flops_per_step(float(counter.get_total_flops()) * self.world)
+                bar.close()
+                bar = self._bar()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.method.on_step_end(info)
+            self.step += 1
+            dt = time.perf_counter() - t0
+            self.elapsed += dt
+            self.last_loss = float(global_loss)
+            if self.step % log_every == 0 or self.step == 1:
+                metrics = {"train/loss": self.last_loss, "train/lr": self.base_lr * lr_factor,
+                           "train/progress": self.progress()}
+                for k, v in out.items():
+                    if k != "loss" and torch.is_tensor(v) and v.numel() == 1:
+                        metrics[f"train/{k}"] = float(v)
+                self.log_fn(metrics, self.step)
+            bar.update(self.step, self.elapsed, dt, self.last_loss, images_per_step)
+            now = time.monotonic()
+            every_steps = cfg.train.checkpoint_every_steps
+            if (every_steps and self.step - last_ckpt_step >= every_steps) or now - last_ckpt_time >= cfg.train.checkpoint_every_seconds:
+                self.save(finished=False)
+                last_ckpt_time, last_ckpt_step = time.monotonic(), self.step
+        bar.close()
+        self.save(finished=self.progress() >= 1.0)
+        images = self.step * images_per_step
+        return TrainResult(self.checkpoint_path, self.step, self.elapsed, images,
+                           images / max(self.elapsed, 1e-9), self.last_loss, self.precision,
+                           self.channels_last, self.recipe.notes())
+
+    @torch.no_grad()
+    def _prepare_pass(self, x_all: torch.Tensor, amp) -> None:
+        """One pass over the training set, in index order, before the first step (the method's
+        ``prepare_batch``; e.g. InstDisc's bank of real features). Views come from a generator
+        seeded by the run's seed alone. Under DDP every process runs the whole pass on the same
+        batches (one forward epoch, no gather needed: all processes end with the same state).
+        The time counts in a seconds budget (it is the method's compute); a run killed during
+        the pass restarts it (the first checkpoint is written after it)."""
+        t0 = time.perf_counter()
+        n, bs = len(x_all), self.cfg.optim.batch_size
+        gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.cfg.seed, 2**40, 0))
+        for lo in range(0, n, bs):
+            idx = torch.arange(lo, min(lo + bs, n))
+            views = self.recipe(x_all[idx].to(self.device), gen, self.ds.mean, self.ds.std)
+            if self.channels_last:
+                views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
+            with amp:
+                self.method.prepare_batch(Batch(views, idx.to(self.device), None))
+        self.elapsed += time.perf_counter() - t0
+
+    def _bar(self) -> TrainingBar:
+        return TrainingBar(f"{self.cfg.method}/{self.cfg.backbone} seed {self.cfg.seed}", self.total,
+                           self.cfg.budget.value, self.step, self.elapsed,
+                           enabled=self.cfg.train.progress and dist.is_main())
+
+
+
