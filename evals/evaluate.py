@@ -19,7 +19,16 @@ from evals.features import FeatureCache, cached_features
 from evals.protocols import PROTOCOLS, Context
 from harness.core.config import validate
 from harness.core.device import resolve_precision
+from harness.core.errors import ConfigError
 from harness.data.dataset import ImageDataset
+
+
+def check_fits(cfg: EvalConfig, dataset: ImageDataset) -> None:
+    """Refuse knobs the dataset cannot satisfy (before any training or extraction)."""
+    validate(cfg, prefix="eval.")
+    if "knn" in cfg.protocols and max(cfg.knn_k) > len(dataset.x_train):
+        raise ConfigError(f"eval.knn_k={cfg.knn_k} asks for more neighbours than the {len(dataset.x_train)} training "
+                          f"images; use k <= {len(dataset.x_train)}")
 
 
 def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None = None, device: str | torch.device = "cpu",
@@ -37,6 +46,7 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
     cfg = cfg or EvalConfig()
     validate(cfg, prefix="eval.")
     label_fractions = tuple(label_fractions) or tuple(cfg.label_fractions)
+    check_fits(cfg, dataset)
     device = torch.device(device)
     prec = resolve_precision(precision, device)
     cache = FeatureCache(cache_dir) if cache_dir else None

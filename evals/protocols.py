@@ -5,23 +5,14 @@ The config (``evals.config.EvalConfig``: which names ``eval.protocols`` accepts)
 columns a table shows) all read :data:`PROTOCOLS`. Adding a protocol is one entry here: a
 ``run`` function that receives the evaluation :class:`Context` and returns its metrics (under
 stable names) and knobs (``eval/...``), the splits whose frozen features it needs, and the
-leaderboard columns it fills.
+leaderboard columns it fills. The table itself imports no torch (configs, ``--help`` and
+leaderboards read it); each ``run`` imports its protocol's module when it runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import torch
-
-from evals.align_uniform import align_uniform_eval
-from evals.finetune import CONVNET_LRS, VIT_LRS, finetune_eval
-from evals.knn import knn_eval, resolve_backend
-from evals.linear import LR_GRID, WD_GRID, linear_probe
-from evals.linear_lbfgs import LBFGS_WD_GRID, lbfgs_probe
-from evals.semisup import semisup_eval
-from harness.models.backbones import is_vit
 
 HEADLINE = "knn/top1@20"          # the headline metric: default sort key, CI gate and compare metric
 HEADLINE_METRICS = (HEADLINE, "linear/top1")
@@ -39,15 +30,15 @@ class Column:
 class Context:
     """What a protocol gets: the encoder, the data, the knobs, and the cached frozen features."""
 
-    encoder: torch.nn.Module
+    encoder: Any                  # torch.nn.Module
     dataset: Any                  # harness.data.dataset.ImageDataset
     cfg: Any                      # evals.config.EvalConfig
-    device: torch.device
+    device: Any                   # torch.device
     precision: str
     seed: int
     progress: bool
     label_fractions: tuple[float, ...]
-    features: Callable[[str], torch.Tensor]        # split -> (N, D) float32 features, extracted once
+    features: Callable[[str], Any]                 # split -> (N, D) float32 features (torch), extracted once
     timed: Callable[..., None]                     # timed(name, fn, splits): run fn, merge its dict, time it
 
 
@@ -69,6 +60,8 @@ def fraction_prefix(name: str, frac: float) -> str:
 
 
 def _knn(ctx: Context) -> dict[str, Any]:
+    from evals.knn import knn_eval, resolve_backend
+
     c, ds = ctx.cfg, ctx.dataset
     ctx.timed("knn", lambda: knn_eval(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, c.knn_k,
                                       c.knn_temperature, ds.num_classes, backend=c.knn_backend, index=c.knn_index,
@@ -79,6 +72,8 @@ def _knn(ctx: Context) -> dict[str, Any]:
 
 
 def _linear(ctx: Context) -> dict[str, Any]:
+    from evals.linear import LR_GRID, WD_GRID, linear_probe
+
     c, ds = ctx.cfg, ctx.dataset
     for frac in [1.0, *ctx.label_fractions]:
         prefix = fraction_prefix("linear", frac)
@@ -91,6 +86,8 @@ def _linear(ctx: Context) -> dict[str, Any]:
 
 
 def _linear_lbfgs(ctx: Context) -> dict[str, Any]:
+    from evals.linear_lbfgs import LBFGS_WD_GRID, lbfgs_probe
+
     c, ds = ctx.cfg, ctx.dataset
     ctx.timed("linear_lbfgs", lambda: lbfgs_probe(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test,
                                                   ds.num_classes, holdout_fraction=c.holdout_fraction, seed=ctx.seed))
@@ -98,6 +95,9 @@ def _linear_lbfgs(ctx: Context) -> dict[str, Any]:
 
 
 def _finetune(ctx: Context) -> dict[str, Any]:
+    from evals.finetune import CONVNET_LRS, VIT_LRS, finetune_eval
+    from harness.models.backbones import is_vit
+
     c, ds = ctx.cfg, ctx.dataset
     for frac in [1.0, *ctx.label_fractions]:
         prefix = fraction_prefix("finetune", frac)
@@ -111,6 +111,8 @@ def _finetune(ctx: Context) -> dict[str, Any]:
 
 
 def _semisup(ctx: Context) -> dict[str, Any]:
+    from evals.semisup import semisup_eval
+
     c, ds = ctx.cfg, ctx.dataset
     for frac in c.semisup_fractions:
         ctx.timed(fraction_prefix("semisup", frac), lambda frac=frac: semisup_eval(
@@ -124,6 +126,8 @@ def _semisup(ctx: Context) -> dict[str, Any]:
 
 
 def _align_uniform(ctx: Context) -> dict[str, Any]:
+    from evals.align_uniform import align_uniform_eval
+
     c, ds = ctx.cfg, ctx.dataset
     ctx.timed("align_uniform", lambda: align_uniform_eval(
         ctx.encoder, ds.x_test, ds.mean, ds.std, c.au_pairs, features=ctx.features("test"), seed=ctx.seed,

@@ -14,38 +14,76 @@ class MyMethod(Method):
 ```
 
 Everything exported here comes from the harness's lower layers (core, data, models, the method
-contract); the layers themselves never import this module. The layout and its rules are in
+contract); the layers themselves never import this module. Names load on first use (PEP 562), so
+``import harness.core.config`` (or ``sslbench --help``) does not pay for torch and timm. The layout and its rules are in
 ``docs/ARCHITECTURE.md``.
 """
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
-from harness.core.config import at_least, between, choices, list_of_choices, ordered, positive
-from harness.core.distributed import all_reduce_mean, gather, gather_with_grad, rank, world_size
-from harness.core.errors import CheckpointError, ConfigError, DataError, SSLBenchError
-from harness.core.hypersphere import align_loss, uniform_loss
-from harness.core.schedules import cosine, momentum_schedule, warmup_cosine
-from harness.data.geometry import cell_diagonal, pixel_centres, positive_mask
-from harness.data.views import ViewRecipe, Views, ViewSpec
-from harness.method.contract import Batch, DataInfo, Method, OptimDefaults, Requirements, StepInfo
-from harness.method.pipelines import MultiCrop, MultiCropConfig, TwoViewConfig, TwoViewMethod
-from harness.method.registry import register_method
-from harness.models.backbones import feature_map, has_feature_map, is_convnet, is_vit
-from harness.models.blocks import Centering, EMATeacher, FeatureQueue, MemoryBank, sinkhorn_knopp
-from harness.models.heads import DINOHead, WeightNormLinear, frozen, mlp
-
 try:
     __version__ = _version("sslbench")
 except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = [
-    "Batch", "Centering", "CheckpointError", "ConfigError", "DINOHead", "DataError", "DataInfo", "EMATeacher",
-    "FeatureQueue", "MemoryBank", "Method", "MultiCrop", "MultiCropConfig", "OptimDefaults", "Requirements",
-    "SSLBenchError", "StepInfo", "TwoViewConfig", "TwoViewMethod", "ViewRecipe", "ViewSpec", "Views",
-    "WeightNormLinear", "align_loss", "all_reduce_mean", "at_least", "between", "cell_diagonal", "choices", "cosine",
-    "feature_map", "frozen", "gather", "gather_with_grad", "has_feature_map", "is_convnet", "is_vit",
-    "list_of_choices", "mlp", "momentum_schedule", "ordered", "pixel_centres", "positive", "positive_mask", "rank",
-    "register_method", "sinkhorn_knopp", "uniform_loss", "warmup_cosine", "world_size",
-]
+
+# the public names, by the module that defines them
+_API: dict[str, tuple[str, ...]] = {
+    "harness.core.config": ("at_least", "between", "choices", "list_of_choices", "ordered", "positive"),
+    "harness.core.distributed": ("all_reduce_mean", "gather", "gather_with_grad", "rank", "world_size"),
+    "harness.core.errors": ("CheckpointError", "ConfigError", "DataError", "SSLBenchError"),
+    "harness.core.hypersphere": ("align_loss", "uniform_loss"),
+    "harness.core.schedules": ("cosine", "momentum_schedule", "warmup_cosine"),
+    "harness.data.geometry": ("cell_diagonal", "pixel_centres", "positive_mask"),
+    "harness.data.views": ("ViewRecipe", "Views", "ViewSpec"),
+    "harness.method.contract": ("Batch", "DataInfo", "Method", "OptimDefaults", "Requirements", "StepInfo"),
+    "harness.method.pipelines": ("MultiCrop", "MultiCropConfig", "TwoViewConfig", "TwoViewMethod"),
+    "harness.method.registry": ("register_method",),
+    "harness.models.backbones": ("feature_map", "has_feature_map", "is_convnet", "is_vit"),
+    "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
+    "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
+}
+
+
+def __getattr__(name: str):
+    """Load a public name on first use, from the module that defines it."""
+    where = next((m for m, names in _API.items() if name in names), None)
+    if where == "harness.core.config":
+        from harness.core import config as module
+    elif where == "harness.core.distributed":
+        from harness.core import distributed as module
+    elif where == "harness.core.errors":
+        from harness.core import errors as module
+    elif where == "harness.core.hypersphere":
+        from harness.core import hypersphere as module
+    elif where == "harness.core.schedules":
+        from harness.core import schedules as module
+    elif where == "harness.data.geometry":
+        from harness.data import geometry as module
+    elif where == "harness.data.views":
+        from harness.data import views as module
+    elif where == "harness.method.contract":
+        from harness.method import contract as module
+    elif where == "harness.method.pipelines":
+        from harness.method import pipelines as module
+    elif where == "harness.method.registry":
+        from harness.method import registry as module
+    elif where == "harness.models.backbones":
+        from harness.models import backbones as module
+    elif where == "harness.models.blocks":
+        from harness.models import blocks as module
+    elif where == "harness.models.heads":
+        from harness.models import heads as module
+    else:
+        raise AttributeError(f"module 'harness' has no attribute '{name}'")
+    value = getattr(module, name)
+    globals()[name] = value     # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = sorted(n for names in _API.values() for n in names)

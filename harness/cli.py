@@ -15,26 +15,20 @@ Errors caused by input print one line (``sslbench: error: ...``) and exit with s
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shlex
-import signal
 import sys
 from pathlib import Path
 
 from evals.protocols import HEADLINE, HEADLINE_METRICS, PROTOCOLS
+from harness.core import interrupts
 from harness.core.config import flatten, load_yaml, parse_overrides
 from harness.core.errors import SSLBenchError
-from harness.report import check
-from harness.report.compare import compare, load_selection, report
-from harness.report.export import export_leaderboard, replot
-from harness.run.evaluate import evaluate_target
-from harness.run.plugins import get_method, methods
-from harness.run.pretrain import pretrain
-from harness.run.suites import load_suite, run_suite, suite_configs
-from harness.tracking.provenance import git_info
-from harness.tracking.ui import serve_ui
 from harness.train.config import RunConfig, resolve
-from harness.train.optim import effective_optim
+
+# Each command imports the layer it runs when it runs (below, in its function): building the parser
+# needs only the config and the protocol table, so `sslbench --help` answers without loading torch.
 
 OVERRIDES_HELP = ("config overrides as key=value, e.g. budget.kind=steps budget.value=200 optim.lr=0.1 "
                   "method_cfg.temperature=0.2 data.name=cifar10 data.data_dir=PATH (see 'sslbench pretrain --help')")
@@ -52,6 +46,8 @@ def _cfg(args, overrides: dict | None = None) -> RunConfig:
 
 
 def cmd_pretrain(args) -> int:
+    from harness.run.pretrain import pretrain
+
     cfg = _cfg(args)
     state = pretrain(cfg, resume=args.resume, evaluate=not args.no_eval)
     if not state:  # a non-main DDP rank: rank 0 reports
@@ -70,15 +66,21 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def cmd_eval(args) -> int:
+    from harness.run.evaluate import evaluate_target
+
     extra = {"eval.protocols": [p.strip() for p in args.protocols.split(",") if p.strip()]} if args.protocols else {}
     cfg = _cfg(args, overrides=extra)   # the names are validated against the protocol table
-    res = evaluate_target(args.target, cfg)
+    explicit = set(parse_overrides(args.overrides)) | set(extra) | set(load_yaml(args.config) if args.config else {})
+    res = evaluate_target(args.target, cfg, explicit=explicit)
     _print_metrics(res["metrics"])
     print(f"mlflow run: {res['run_id']}")
     return 0
 
 
 def cmd_run(args) -> int:
+    from harness.report.export import export_leaderboard
+    from harness.run.suites import load_suite, run_suite, suite_configs
+
     overrides = parse_overrides(args.overrides)
     suite_spec = args.suite
     if args.seeds or args.methods:
@@ -99,6 +101,8 @@ def cmd_run(args) -> int:
 
 def _method_list(text: str) -> list[str]:
     """``--methods a,b,c`` (validated against the registry), or ``all`` for every registered method."""
+    from harness.run.plugins import get_method, methods
+
     if text.strip() == "all":
         return list(methods())
     names = [m.strip() for m in text.split(",") if m.strip()]
@@ -108,6 +112,8 @@ def _method_list(text: str) -> list[str]:
 
 
 def cmd_leaderboard(args) -> int:
+    from harness.report.export import export_leaderboard, replot
+
     if args.replot:
         replot(args.replot)
         return 0
@@ -118,10 +124,14 @@ def cmd_leaderboard(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from harness.report.compare import compare, load_selection, not_comparable, report
+
     a = load_selection(args.a, args.tracking_uri)
     b = load_selection(args.b, args.tracking_uri)
     rows = compare(a, b, args.metric or list(HEADLINE_METRICS), args.tolerance)
     print(report(rows, args.tolerance))
+    for line in not_comparable(a, b):
+        print(line)
     regressions = [r for r in rows if r.verdict.startswith("regression")]
     if regressions:
         names = ", ".join(sorted({f"{r.method} ({r.metric})" for r in regressions}))
@@ -131,6 +141,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from harness.report import check
+    from harness.run.suites import load_suite, run_suite
+
     overrides = parse_overrides(args.overrides)
     suite = dict(load_suite(args.suite).__dict__)
     if args.seeds:
@@ -162,6 +175,9 @@ def _seed_list(text: str) -> list[int]:
 
 
 def cmd_methods(args) -> int:
+    from harness.run.plugins import get_method, methods
+    from harness.train.optim import effective_optim
+
     rows = [(e.name, e.family, e.paper, e.source) for e in methods().values()]
     w = [max(len(r[i]) for r in rows + [("method", "family", "paper", "source")]) for i in range(3)]
     print(f"{'method'.ljust(w[0])}  {'family'.ljust(w[1])}  paper")
@@ -182,13 +198,22 @@ def cmd_methods(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    from harness.tracking.ui import serve_ui
+
     serve_ui(args.tracking_uri, args.port, args.start_timeout, args.duration)
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error format: one line, ``sslbench: error: ...``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"sslbench: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sslbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p = Parser(prog="sslbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def add(name, help_, fn, overrides=True, epilog=None):
         sp = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
@@ -279,11 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check):
-        git_info()  # pin the commit this process's code came from, before any long work
-    def _terminate(signum, frame):  # SIGTERM (a scheduler, `kill`): mark runs KILLED, keep the last checkpoint
-        raise KeyboardInterrupt
+        from harness.tracking.provenance import git_info
 
-    signal.signal(signal.SIGTERM, _terminate)
+        git_info()  # pin the commit this process's code came from, before any long work
+    interrupts.install()   # SIGTERM (a scheduler, `kill`) and Ctrl-C: runs end KILLED, the last checkpoint is kept
     try:
         return args.fn(args)
     except SSLBenchError as e:
@@ -292,6 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sslbench: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in FILESYSTEM_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"sslbench: error: {e.strerror}{where}; free space or choose a writable folder "
+              "(out_dir=..., --out, tracking.uri=...)", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not type(e).__module__.startswith(("mlflow", "sqlalchemy")):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
+        print(f"sslbench: error: the tracking store failed ({type(e).__name__}: {first}); check tracking.uri, "
+              "the server or the disk", file=sys.stderr)
+        return 2
+
+
+FILESYSTEM_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+                     errno.EEXIST, errno.EFBIG}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ plain containers, and we turn that refusal into a one-line :class:`CheckpointErr
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from harness.core.errors import CheckpointError
+from harness.core.interrupts import protected
 
 FORMAT_VERSION = 1
 
@@ -24,6 +26,11 @@ FORMAT_VERSION = 1
 def save_atomic(obj: Any, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with protected():   # Ctrl-C / SIGTERM wait for the write; a SIGKILL leaves only a *.tmp, swept later
+        _save(obj, path)
+
+
+def _save(obj: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -36,10 +43,23 @@ def save_atomic(obj: Any, path: str | Path) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and _is_write_failure(e):
+            reason = "no space left on device" if getattr(e, "errno", None) == errno.ENOSPC or "space" in str(e).lower() \
+                else (getattr(e, "strerror", None) or "the write failed (disk full or read-only?)")
+            raise CheckpointError(f"cannot write the checkpoint {path}: {reason}; the previous checkpoint is intact; "
+                                  "free space (or fix the folder) and continue with --resume") from None
         raise
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """An OSError, or torch's C++ stream writer failing ('file write failed', 'unexpected pos')."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e)
+    return "PytorchStreamWriter" in text or "write failed" in text or "unexpected pos" in text
 
 
 def load(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:

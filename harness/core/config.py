@@ -16,6 +16,7 @@ paper defaults (its ``Config`` dataclass) -> a preset YAML -> a suite YAML -> ``
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import field
@@ -66,8 +67,15 @@ def check_value(meta: typing.Mapping[str, Any], value: Any, full: str) -> None:
         for v in items:
             if v not in meta["choices"]:
                 where = f" in '{full}'" if isinstance(value, list) else f" for '{full}'"
-                raise ConfigError(f"bad value {v!r}{where}{did_you_mean(str(v), meta['choices'])}; "
-                                  f"valid choices: {', '.join(map(str, meta['choices']))}")
+                shown = [str(c) for c in meta["choices"] if c is not None]
+                unset = " (or null: the default)" if None in meta["choices"] else ""
+                raise ConfigError(f"bad value {v!r}{where}{did_you_mean(str(v), shown)}; "
+                                  f"valid choices: {', '.join(shown)}{unset}")
+    if "pattern" in meta:
+        for v in items:
+            if v is not None and not re.fullmatch(meta["pattern"], str(v)):
+                raise ConfigError(f"bad value {v!r} for '{full}': use letters, digits and . _ + - only, "
+                                  "starting with a letter or digit (it becomes a folder name)")
     lo, hi = meta.get("min"), meta.get("max")
     for v in items:
         if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -28,3 +28,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported(device) else "fp32"
     return precision
+
+
+def apply_threads(threads: int | None) -> None:
+    """``train.threads``: torch's intra-op threads for this process (None: torch's default)."""
+    if threads:
+        torch.set_num_threads(int(threads))

@@ -30,5 +30,5 @@ class TrainingDiverged(SSLBenchError):
 def did_you_mean(name: str, choices) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, list(choices), n=1)
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices if c is not None], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""

@@ -13,14 +13,19 @@ from dataclasses import dataclass, field
 from harness.core.config import between, choices, positive
 from harness.core.errors import ConfigError
 
+NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"   # names that become folder names: no path separators, no '..'
+
 
 @dataclass
 class DataConfig:
     name: str = "fashion_mnist"
     data_dir: str | None = None          # where the dataset lives; None = its standard place
-    image_size: int | None = positive(None)  # resize for image folders; None = native size
-    train_subset: int | None = positive(None)  # use only N train images (tests, smoke runs)
+    label: str | None = field(default=None, metadata={"pattern": NAME})  # the name in run names and tables;
+    #                                      None = the dataset's own (an image folder's or .npz file's name)
+    image_size: int | None = positive(None)  # resize to this side (any layout); None = native size (folders: 64)
+    train_subset: int | None = positive(None)  # N train images, stratified by class and seeded (tests, smoke runs)
     test_subset: int | None = positive(None)
+    subset_seed: int = 0                 # the seed of the subsets' draw (the same for every run seed)
 
 
 BUDGET_KINDS = ("epochs", "steps", "samples", "seconds", "flops")
@@ -101,7 +106,6 @@ class TrainConfig:
 @dataclass
 class TrackingConfig:
     uri: str | None = None               # None: $MLFLOW_TRACKING_URI, else sqlite under results/
-    experiment: str = "sslbench"
+    experiment: str = field(default="sslbench", metadata={"pattern": NAME})   # also a folder name under out_dir
 
 
-__all__ = ["BudgetConfig", "DataConfig", "OptimConfig", "TrackingConfig", "TrainConfig", "field"]

@@ -14,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from harness.core.errors import DataError
+
+MAX_CLASSES = 100_000   # more "classes" than this: the labels are not class indices
 
 
 @dataclass
@@ -38,6 +41,15 @@ class ImageDataset:
                 raise DataError(f"{self.name}: {nm} must be uint8 (N, C, H, W), got {tuple(x.shape)} {x.dtype}")
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise DataError(f"{self.name}: images and labels differ in length ({self.source})")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise DataError(f"{self.name}: {self.num_classes} classes is not a class count ({self.source}); "
+                            "labels must be class indices 0..K-1")
+        for split, y in (("train", self.y_train), ("test", self.y_test)):
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise DataError(f"{self.name}: {split} labels span {int(y.min())}..{int(y.max())}, outside the "
+                                f"{self.num_classes} classes 0..{self.num_classes - 1} ({self.source}); fix the labels")
+        if len(self.x_train) == 0:
+            raise DataError(f"{self.name}: the training split is empty ({self.source})")
         if not self.mean:
             # per-channel statistics of the TRAIN split (never the test split)
             sample = self.x_train[:: max(1, len(self.x_train) // 10000)].float() / 255.0
@@ -59,15 +71,27 @@ class ImageDataset:
             return self.x_test, self.y_test
         raise DataError(f"unknown split '{split}'; valid choices: train, test")
 
-    def subset(self, train: int | None, test: int | None) -> "ImageDataset":
+    def subset(self, train: int | None, test: int | None, seed: int = 0) -> "ImageDataset":
+        """``train`` / ``test`` images of each split, stratified by class and seeded
+        (:func:`stratified_take`): a folder ordered by class gives every class its share."""
         if not train and not test:
             return self
-        tr = slice(0, train) if train else slice(None)
-        te = slice(0, test) if test else slice(None)
+        tr = stratified_take(self.y_train, train, seed) if train else slice(None)
+        te = stratified_take(self.y_test, test, seed + 1) if test else slice(None)
         return ImageDataset(
             self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
             self.num_classes, self.class_names, self.source, self.mean, self.std,
         )
+
+    def resized(self, size: int) -> "ImageDataset":
+        """Every image resized to ``size`` x ``size`` (bilinear, antialiased); statistics recomputed."""
+        def rs(x: torch.Tensor) -> torch.Tensor:
+            out = [F.interpolate(x[i:i + 4096].float(), size=(size, size), mode="bilinear", antialias=True,
+                                 align_corners=False) for i in range(0, len(x), 4096)]
+            return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8) if out else x.new_zeros((0, x.shape[1], size, size))
+
+        return ImageDataset(self.name, rs(self.x_train), self.y_train, rs(self.x_test), self.y_test, self.num_classes,
+                            self.class_names, self.source)
 
     def fingerprint(self) -> str:
         """A cheap content hash for caches: shapes plus a strided sample of pixels."""
@@ -77,6 +101,30 @@ class ImageDataset:
             flat = t.reshape(-1)
             h.update(flat[:: max(1, flat.numel() // 65536)].numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def stratified_take(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """Indices (sorted) of ``n`` samples: each class's share of ``n`` (largest remainder), drawn at
+    random within the class by a generator seeded with ``seed``. All indices when ``n >= len``."""
+    labels = torch.as_tensor(labels).long()
+    total = len(labels)
+    if n >= total:
+        return torch.arange(total)
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(labels).double()
+    share = counts * n / total
+    take = share.floor().long()
+    rest = n - int(take.sum())
+    if rest > 0:   # the largest remainders get one more (ties: lower class index)
+        order = sorted(range(len(counts)), key=lambda c: (-(share[c] - take[c]).item(), c))
+        for c in order[:rest]:
+            take[c] += 1
+    picked = []
+    for c in range(len(counts)):
+        if take[c] > 0:
+            members = torch.nonzero(labels == c).flatten()
+            picked.append(members[torch.randperm(len(members), generator=g)[: int(take[c])]])
+    return torch.sort(torch.cat(picked)).values
 
 
 def data_roots(data_dir: str | None) -> list[Path]:

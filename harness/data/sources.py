@@ -44,6 +44,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes; re-download the dataset")
     ndim = raw[3]
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes for {ndim} dimensions); re-download the dataset")
     dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -164,6 +166,9 @@ def load_npz(path: Path, name: str, num_classes: int | None = None) -> ImageData
     for k in ("x_train", "x_test"):
         if arrs[k].dtype != np.uint8:
             raise DataError(f"{path}: {k} must be uint8 images, got {arrs[k].dtype}")
+    for k in ("y_train", "y_test"):
+        if not np.issubdtype(arrs[k].dtype, np.integer):
+            raise DataError(f"{path}: {k} must hold integer class indices, got {arrs[k].dtype}")
     ytr = arrs["y_train"].astype(np.int64).reshape(-1)
     yte = arrs["y_test"].astype(np.int64).reshape(-1)
     k = num_classes or int(max(ytr.max(initial=0), yte.max(initial=0)) + 1)
@@ -279,4 +284,8 @@ def load_dataset(cfg) -> ImageDataset:
     """Load ``cfg.data`` (a DataConfig) through the registry."""
     factory = DATASETS.get(cfg.name)
     ds = factory(data_dir=cfg.data_dir, image_size=cfg.image_size)
-    return ds.subset(cfg.train_subset, cfg.test_subset)
+    if cfg.image_size and ds.image_size != cfg.image_size:   # every layout honours data.image_size
+        ds = ds.resized(cfg.image_size)
+    if cfg.label:
+        ds.name = cfg.label
+    return ds.subset(cfg.train_subset, cfg.test_subset, cfg.subset_seed)

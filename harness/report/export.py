@@ -11,7 +11,7 @@ from harness.report.compare import runs_frame
 from harness.report.leaderboard import Table, build, current_runs, provenance
 from harness.report.plots import plot, plot_budget_curves
 from harness.report.render import plain, tables_from_csv, write
-from harness.tracking.query import fetch_runs
+from harness.tracking.query import fetch_runs, running_runs
 from harness.tracking.store import tracking_uri
 
 
@@ -29,11 +29,20 @@ def export_leaderboard(experiment: str | None, uri: str | None, out: str | Path,
     for t in tables:
         print()
         print(plain(t))
+    running, stale = running_runs([experiment] if experiment else None, uri=uri)
+    if running:
+        print(f"\n{running} run(s) recorded as RUNNING are not in the tables" +
+              (f" ({stale} stale: their process on this host is gone, e.g. killed; resume them with --resume)"
+               if stale else ""))
     out_dir = Path(out) / (experiment or "all")
     runs = current_runs(runs, tables)   # provenance and runs.csv: the records the tables show
-    paths = write(tables, out_dir, "leaderboard", command=command, title=experiment or "all experiments",
-                  meta=provenance(runs))
-    runs_frame(runs).to_csv(out_dir / "runs.csv", index=False)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = write(tables, out_dir, "leaderboard", command=command, title=experiment or "all experiments",
+                      meta=provenance(runs))
+        runs_frame(runs).to_csv(out_dir / "runs.csv", index=False)
+    except OSError as e:
+        raise SSLBenchError(f"cannot write the leaderboard under {out_dir} ({e.strerror or e}); choose another --out") from None
     paths.append(out_dir / "runs.csv")
     print("\nwritten: " + ", ".join(str(p) for p in paths))
     return tables, paths

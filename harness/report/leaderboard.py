@@ -18,6 +18,7 @@ from scipy import stats
 
 from evals.protocols import HEADLINE, Column
 from evals.protocols import columns as protocol_columns
+from harness.core.identity import differences, identity
 from harness.core.schema import BudgetConfig
 from harness.method.registry import RANDOM_INIT
 
@@ -68,68 +69,103 @@ class Table:
     dataset: str
     budget: str
     protocol: str
-    frame: pd.DataFrame          # one row per (method, backbone); columns metric/mean, metric/ci, metric/n
+    frame: pd.DataFrame          # one row per (method, backbone, configuration); columns metric/mean, metric/ci, metric/n
     run_ids: tuple[str, ...] = ()  # the MLflow runs the cells average (superseded records excluded)
+    notes: tuple[str, ...] = ()    # what the table would have mixed, said instead of mixed
+    data: str = ""                 # the dataset's content fingerprint (when recorded)
+
+
+def run_params(row: pd.Series) -> dict[str, str]:
+    """A run's logged params (``params.*`` columns of :func:`harness.tracking.query.fetch_runs`)."""
+    return {k[len("params."):]: v for k, v in row.items() if k.startswith("params.") and isinstance(v, str)}
+
+
+def with_identity(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with columns dataset (its label), data_fp, budget, protocol, config_id and identity
+    (``harness.core.identity``: everything that changes a result; config_id leaves out the seed)."""
+    df = runs.copy()
+    for col in ("params.method", "params.backbone", "params.data.name", "params.budget.kind", "params.budget.value",
+                "params.seed", "params.data.fingerprint", "tags.dataset"):
+        if col not in df:
+            df[col] = None
+    df["dataset"] = df["tags.dataset"].where(df["tags.dataset"].notna(), df["params.data.name"]).astype(str)
+    df["data_fp"] = df["params.data.fingerprint"].fillna("").astype(str)
+    df["budget"] = budget_text(df)
+    df["protocol"] = df.apply(_protocol_key, axis=1) if len(df) else []
+    ids = [identity(run_params(r)) for _, r in df.iterrows()]
+    df["config_id"] = [i[0] for i in ids]
+    df["identity"] = [i[1] for i in ids]
+    return df
 
 
 def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None = None, budget: str | None = None,
           sort: str = HEADLINE) -> list[Table]:
     if runs.empty:
         return []
-    df = runs.copy()
-    for col in ("params.method", "params.backbone", "params.data.name", "params.budget.kind", "params.budget.value", "params.seed"):
-        if col not in df:
-            df[col] = None
-    df["dataset"] = df["params.data.name"]
-    df["budget"] = budget_text(df)
-    df["protocol"] = df.apply(_protocol_key, axis=1)
-    # one record per run: a rerun or a re-evaluation (a new MLflow run under the same run
-    # identity, possibly with other protocol knobs) supersedes the older ones; MLflow keeps them
+    df = with_identity(runs)
+    # one record per run identity: a rerun or a re-evaluation (a new MLflow run of the same
+    # configuration and seed, possibly under other protocol knobs) supersedes the older ones; MLflow keeps them
     if "start_time" in df:
         df = df.sort_values("start_time", kind="stable")
-    ident = [c for c in ("experiment",) if c in df] + ["params.method", "params.backbone", "dataset", "budget", "params.seed"]
-    df = df.drop_duplicates(ident, keep="last")
+    df = df.drop_duplicates([c for c in ("experiment",) if c in df] + ["identity"], keep="last")
     if dataset:
         df = df[df["dataset"] == dataset]
     if backbone:
         df = df[df["params.backbone"] == backbone]
     # a random-init encoder trains nothing: its rows join every budget's table of the same
-    # dataset and protocol (the floor of each table)
+    # dataset (label and contents) and protocol (the floor of each table)
     is_rand = df["params.method"] == RANDOM_INIT
     rand = df[is_rand].copy()
     df = df[~is_rand]
     if budget:
         df = df[df["budget"] == budget]
-    groups = {key for key in df.groupby(["dataset", "budget", "protocol"]).groups}
-    for key in rand.groupby(["dataset", "protocol"]).groups:
-        if not any((g[0], g[2]) == key for g in groups):
-            groups.add((key[0], "any", key[1]))
+    keys = ["dataset", "data_fp", "budget", "protocol"]
+    groups = {key for key in df.groupby(keys).groups}
+    for key in rand.groupby(["dataset", "data_fp", "protocol"]).groups:
+        if not any((g[0], g[1], g[3]) == key for g in groups):
+            groups.add((key[0], key[1], "any", key[2]))
     extra = []
-    for ds_, bud, proto in groups:
-        r = rand[(rand["dataset"] == ds_) & (rand["protocol"] == proto)].copy()
+    for ds_, fp, bud, proto in groups:
+        r = rand[(rand["dataset"] == ds_) & (rand["data_fp"] == fp) & (rand["protocol"] == proto)].copy()
         r["budget"] = bud
         extra.append(r)
     df = pd.concat([df, *extra], ignore_index=True) if extra else df
-    # the same (method, backbone, dataset, budget, protocol, seed) logged twice: keep the newest run
+    # the same identity logged twice under one protocol (e.g. in two experiments): keep the newest run
     if "start_time" in df:
-        df = df.sort_values("start_time")
-    df = df.drop_duplicates(["params.method", "params.backbone", "dataset", "budget", "protocol", "params.seed"], keep="last")
+        df = df.sort_values("start_time", kind="stable")
+    df = df.drop_duplicates(["identity", "budget", "protocol"], keep="last")
+    contents = df.groupby("dataset")["data_fp"].nunique()
     tables = []
-    for (ds, bud, proto), g in df.groupby(["dataset", "budget", "protocol"], sort=True):
-        rows = []
-        for (method, bb), r in g.groupby(["params.method", "params.backbone"], sort=False):
-            row = {"method": method, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique())))}
-            for metric in (c.metric for c in columns()):
-                col = f"metrics.{metric}"
-                mean, half, n = ci95(r[col].tolist()) if col in r else (float("nan"), float("nan"), 0)
-                row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
-            rows.append(row)
+    for (ds, fp, bud, proto), g in df.groupby(keys, sort=True):
+        rows, notes = [], []
+        if contents.get(ds, 1) > 1:
+            notes.append(f"dataset '{ds}' was measured on {contents[ds]} different contents (e.g. another folder, "
+                         f"image size or subset): this table is the one with data fingerprint {fp[:8] or 'unrecorded'}")
+        for (method, bb), mg in g.groupby(["params.method", "params.backbone"], sort=False):
+            configs = list(dict.fromkeys(mg["config_id"]))
+            if len(configs) > 1:
+                first = run_params(mg[mg["config_id"] == configs[0]].iloc[0])
+                diffs = [", ".join(differences(first, run_params(mg[mg["config_id"] == c].iloc[0]), limit=3))
+                         for c in configs[1:]]
+                notes.append(f"{method}/{bb}: {len(configs)} configurations, shown as separate rows "
+                             f"(they differ in {'; '.join(diffs)})")
+            for cid in configs:
+                r = mg[mg["config_id"] == cid]
+                label = method if len(configs) == 1 else f"{method} [{cid[:6]}]"
+                row = {"method": label, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique()))),
+                       "config": cid}
+                for metric in (c.metric for c in columns()):
+                    col = f"metrics.{metric}"
+                    mean, half, n = ci95(r[col].tolist()) if col in r else (float("nan"), float("nan"), 0)
+                    row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
+                rows.append(row)
         frame = pd.DataFrame(rows)
         ids = tuple(sorted(set(g["run_id"].dropna().astype(str)))) if "run_id" in g else ()
         key = f"{sort}/mean"
         if key in frame:
             frame = frame.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
-        tables.append(Table(ds, bud, proto, frame, ids))
+        title = ds if contents.get(ds, 1) <= 1 else f"{ds} (data {fp[:8] or 'unrecorded'})"
+        tables.append(Table(title, bud, proto, frame, ids, tuple(notes), fp))
     return tables
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,8 @@ def markdown(t: Table) -> str:
     lines = [f"**dataset** {t.dataset} · **budget** {t.budget} · **protocol** {t.protocol} "
              "(cells: mean ± 95% CI (Student t) over seeds, n = number of seeds; accuracy in %, top-1)", "",
              "| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    lines += [""] + [f"> note: {n}" for n in t.notes] if t.notes else []
     return "\n".join(lines)
 
 
@@ -45,6 +48,7 @@ def plain(t: Table) -> str:
     out = [f"dataset {t.dataset} | budget {t.budget} | protocol {t.protocol} | mean ± 95% CI (n seeds)",
            "  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    out += [f"note: {n}" for n in t.notes]
     return "\n".join(out)
 
 
@@ -54,6 +58,29 @@ def flat_csv(t: Table) -> pd.DataFrame:
     f.insert(1, "budget", t.budget)
     f.insert(2, "protocol", t.protocol)
     return f
+
+
+def html_page(tables: list[Table], title: str, command: str = "", meta: str = "") -> str:
+    """The leaderboard as one HTML page; every string from the store (names, commands) is escaped."""
+    e = html.escape
+    body = [f"<h1>Leaderboard: {e(title)}</h1>"]
+    if command:
+        body.append(f"<p>Produced by: <code>{e(command)}</code></p>")
+    if meta:
+        body.append(f"<pre>{e(meta)}</pre>")
+    for t in tables:
+        headers, rows = to_rows(t)
+        body.append(f"<h2>{e(t.dataset)} · {e(t.budget)} · protocol {e(t.protocol)}</h2>")
+        body.append(pd.DataFrame(rows, columns=headers).to_html(index=False, escape=True))
+        body += [f"<p><em>note: {e(n)}</em></p>" for n in t.notes]
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + e(title) + "</title></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def tables_from_csv(path: str | Path) -> list[Table]:
@@ -87,14 +114,9 @@ def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = ""
         md += [f"Measured with {meta}", ""]
     md += ["\n\n".join(markdown(t) for t in tables)]
     paths = [out / f"{stem}.md", out / f"{stem}.csv", out / f"{stem}.html"]
-    paths[0].write_text("\n".join(md) + "\n")
-    pd.concat([flat_csv(t) for t in tables], ignore_index=True).to_csv(paths[1], index=False)
-    html = [f"<h1>Leaderboard: {title or stem}</h1>"] + ([f"<p>Produced by: <code>{command}</code></p>"] if command else [])
-    for t in tables:
-        headers, rows = to_rows(t)
-        html.append(f"<h2>{t.dataset} · {t.budget} · protocol {t.protocol}</h2>")
-        html.append(pd.DataFrame(rows, columns=headers).to_html(index=False, escape=True))
-    paths[2].write_text("\n".join(html))
+    _write_atomic(paths[0], "\n".join(md) + "\n")
+    _write_atomic(paths[1], pd.concat([flat_csv(t) for t in tables], ignore_index=True).to_csv(index=False))
+    _write_atomic(paths[2], html_page(tables, title or stem, command, meta))
     paths += plot(tables, out, stem)
     paths += plot_budget_curves(tables, out, stem)
     return paths

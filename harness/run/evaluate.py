@@ -13,14 +13,19 @@ import torch
 
 from evals.evaluate import evaluate
 from harness.core.config import flatten
-from harness.core.device import resolve_device
+from harness.core.device import apply_threads, resolve_device
+from harness.core.errors import CheckpointError
+from harness.core.identity import NOT_RESULT
+from harness.core.identity import identity as run_identity
 from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
 from harness.method.registry import RANDOM_INIT
 from harness.models.backbones import build_backbone
-from harness.run.naming import log, run_name, run_tags, write_json_atomic
+from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
+from harness.run.naming import log, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import load_plugins
-from harness.tracking.runs import TrackedRun
+from harness.tracking.runs import TrackedRun, conflicts, recorded_params
+from harness.tracking.store import client
 from harness.train.build import load_trained_method
 from harness.train.config import RunConfig, to_dict
 
@@ -45,61 +50,123 @@ def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None
     run.log_dict({"metrics": scalars, "protocol": {**knobs, **eval_params(cfg)}}, "eval_report.json")
 
 
-def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = None) -> dict[str, Any]:
+def evaluation_config(ckpt_cfg: RunConfig, user: RunConfig, explicit: set[str]) -> RunConfig:
+    """The config an evaluation of a checkpoint runs under: the trained run's (method, backbone, seed,
+    budget, data name and shape), with the user's evaluation, device and tracking settings. Keys the
+    user set (``explicit``) always win; paths never come from the checkpoint: ``out_dir`` and
+    ``data.data_dir`` are the user's (a checkpoint is only read, it decides nowhere to write or read)."""
+    def given(section: str) -> bool:
+        return any(k == section or k.startswith(section + ".") for k in explicit)
+
+    data = user.data if given("data") else dataclasses.replace(ckpt_cfg.data, data_dir=user.data.data_dir)
+    tracking = dataclasses.replace(user.tracking, experiment=user.tracking.experiment
+                                   if given("tracking.experiment") else ckpt_cfg.tracking.experiment)
+    train = dataclasses.replace(ckpt_cfg.train, device=user.train.device, progress=user.train.progress,
+                                threads=user.train.threads)
+    return dataclasses.replace(ckpt_cfg, eval=user.eval, tracking=tracking, train=train, data=data,
+                               out_dir=user.out_dir)
+
+
+def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = None,
+                    explicit: set[str] | None = None) -> dict[str, Any]:
     """``target`` is a checkpoint path (logged to its pretraining run when known) or a
     backbone name (a random-init encoder, logged as method ``random_init``)."""
     load_plugins()
+    apply_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     p = Path(target)
-    if p.suffix == ".pt" or p.exists():
-        method, tcfg, _ = load_trained_method(p, map_location=str(device))
-        cfg = dataclasses.replace(tcfg, eval=cfg.eval, tracking=cfg.tracking, train=cfg.train,
-                                  data=cfg.data if cfg.data != RunConfig().data else tcfg.data)
-        ds = dataset or load_dataset(cfg.data)
-        run_json = p.parent / "run.json"
-        run_id = json.loads(run_json.read_text()).get("run_id") if run_json.exists() else None
-        encoder = method.encoder().to(device)
-        metrics = evaluate_encoder(encoder, ds, cfg, device)
-        params = flatten(cfg)
-        run = TrackedRun(cfg.tracking.experiment, run_name(cfg), cfg.tracking.uri, run_id=run_id,
-                                  tags=None if run_id else run_tags(cfg, device.type))
-        changed = run.conflicting_params({**params, **{k: v for k, v in metrics.items() if k.startswith("eval/")
-                                                       and not k.startswith("eval/time/") and k != "eval/seed"}})
-        if changed:
-            # evaluated before under other knobs: the old record stays as it was; this is a new run
-            log(f"{run_name(cfg)}: evaluated before with other settings ({', '.join(changed[:3])}); "
-                f"logging a new run (tag evaluation_of={run_id})")
-            run.end("FINISHED")
-            run = run.fork(run_name(cfg), params, {"command": run_tags(cfg, device.type)["command"]})
-        else:
-            run.log_params(params)
+    if not (p.suffix == ".pt" or p.exists()):
+        return random_init(cfg, target, dataset)
+    method, tcfg, state = load_trained_method(p, map_location=str(device))
+    cfg = evaluation_config(tcfg, cfg, set(explicit if explicit is not None else {"tracking.experiment", "data"}))
+    ensure_dir(Path(cfg.out_dir))
+    client(cfg.tracking.uri)
+    ds = dataset or load_dataset(cfg.data)
+    if ds.channels != method.info.channels:
+        raise CheckpointError(f"{p} was trained on {method.info.channels}-channel images; the dataset "
+                              f"{ds.name} has {ds.channels}: evaluate it on data like its training data")
+    name = run_name(cfg, ds)
+    # the record beside the checkpoint, unless the user sends this evaluation to another experiment
+    run_id = _recorded_run_id(p.parent / "run.json") if cfg.tracking.experiment == tcfg.tracking.experiment else None
+    encoder = method.encoder().to(device)
+    metrics = evaluate_encoder(encoder, ds, cfg, device)
+    params = {**flatten(cfg), "data.fingerprint": ds.fingerprint(),
+              **{f"method_config.{k}": v for k, v in flatten(dataclasses.asdict(method.cfg)).items()}}
+    knobs = {k: v for k, v in metrics.items() if k.startswith("eval/") and not k.startswith("eval/time/")
+             and k != "eval/seed"}
+    existing = recorded_params(cfg.tracking.uri, run_id) if run_id else None
+    changed = [k for k in conflicts(existing or {}, {**params, **knobs})
+               if k.startswith(("eval.", "eval/")) or not k.startswith(NOT_RESULT)]
+    if existing is not None and changed:
+        # evaluated before under other knobs: the old record stays as it was; this is a new run
+        log(f"{name}: evaluated before with other settings ({', '.join(changed[:3])}); "
+            f"logging a new run (tag evaluation_of={run_id})")
+        run = TrackedRun.evaluation_of(run_id, cfg.tracking.experiment, name, cfg.tracking.uri, params,
+                                       {"command": run_tags(cfg, device.type, ds)["command"]})
+    elif existing is not None:
+        run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, run_id=run_id)
+        run.log_params({k: v for k, v in params.items() if k not in existing})
+    else:
+        run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, params=params,
+                         tags=run_tags(cfg, device.type, ds))
+    with recorded(run):
+        run.set_tags(dict(zip(("sslbench.config_id", "sslbench.identity"), run_identity(run.params()))))
         log_eval(run, metrics, cfg)
         run.end("FINISHED")
-        return {"run_id": run.run_id, "metrics": metrics}
-    return random_init(cfg, target, dataset)
+    return {"run_id": run.run_id, "metrics": metrics}
+
+
+def _recorded_run_id(run_json: Path) -> str | None:
+    """The MLflow run a checkpoint's folder records (``run.json`` beside it), if any."""
+    try:
+        rid = json.loads(run_json.read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rid if isinstance(rid, str) and rid else None
 
 
 def random_init(cfg: RunConfig, backbone: str, dataset: ImageDataset | None = None, resume: bool = False) -> dict[str, Any]:
     """Score a randomly initialised encoder of ``backbone`` (the floor of every leaderboard)."""
+    load_plugins()
     device = resolve_device(cfg.train.device)
     cfg = dataclasses.replace(cfg, method=RANDOM_INIT, backbone=backbone, method_cfg={})
-    run_dir = Path(cfg.out_dir) / cfg.tracking.experiment / run_name(cfg)
-    state_path = run_dir / "run.json"
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        if state.get("evaluated") and state.get("config") == to_dict(cfg):
-            log(f"{run_name(cfg)}: already evaluated (run {state['run_id']}); skipping")
-            return state
+    ensure_dir(Path(cfg.out_dir))
+    client(cfg.tracking.uri)
     ds = dataset or load_dataset(cfg.data)
+    name = run_name(cfg, ds)
     torch.manual_seed(cfg.seed)
-    encoder = build_backbone(backbone, ds.channels, ds.image_size).to(device)
-    t0 = time.time()
-    metrics = evaluate_encoder(encoder, ds, cfg, device)
-    with TrackedRun(cfg.tracking.experiment, run_name(cfg), cfg.tracking.uri, params=flatten(cfg),
-                             tags=run_tags(cfg, device.type)) as run:
+    encoder = build_backbone(backbone, ds.channels, ds.image_size).to(device)   # an unknown name fails before any write
+    try:
+        with RunDir(run_dir(cfg, ds)) as folder:
+            return _random_init(cfg, encoder, ds, name, folder.path, device, resume)
+    except RunBusy as e:
+        log(f"{name}: skipped, another process is evaluating it ({e.owner})")
+        return {"skipped": True, "config": to_dict(cfg), "owner": e.owner}
+
+
+def _random_init(cfg: RunConfig, encoder: torch.nn.Module, ds: ImageDataset, name: str, folder: Path, device,
+                 resume: bool) -> dict[str, Any]:
+    state_path = folder / "run.json"
+    fingerprint = ds.fingerprint()
+    if resume and state_path.exists():
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("evaluated") and state.get("config") == to_dict(cfg) and \
+                state.get("data_fingerprint", fingerprint) == fingerprint:
+            log(f"{name}: already evaluated (run {state['run_id']}); skipping")
+            return state
+    params = {**flatten(cfg), "data.fingerprint": fingerprint}
+    run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, params=params, tags=run_tags(cfg, device.type, ds))
+    with recorded(run):
+        run.set_tags(dict(zip(("sslbench.config_id", "sslbench.identity"), run_identity(params))))
+        t0 = time.time()
+        metrics = evaluate_encoder(encoder, ds, cfg, device)
         log_eval(run, metrics, cfg)
         run.log_metrics({"eval/seconds": time.time() - t0})
-    state = {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": True, "metrics": metrics}
-    run_dir.mkdir(parents=True, exist_ok=True)
+        run.end("FINISHED")
+    state = {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": True, "metrics": metrics,
+             "data_fingerprint": fingerprint}
     write_json_atomic(state_path, state)
     return state

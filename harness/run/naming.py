@@ -8,28 +8,50 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.core.config import flatten
+from harness.core.errors import SSLBenchError
+from harness.core.identity import identity
 from harness.tracking.provenance import environment_tags
 from harness.train.config import RunConfig
 
 
-def run_name(cfg: RunConfig) -> str:
-    return f"{cfg.method}-{cfg.backbone}-{cfg.data.name}-{cfg.budget.label}-s{cfg.seed}"
+def dataset_label(cfg: RunConfig, dataset=None) -> str:
+    """The dataset's name in run names, tags and tables: ``data.label``, else the dataset's own name
+    (an image folder's or .npz file's name; ``cifar10`` for the built-in loaders)."""
+    return cfg.data.label or (dataset.name if dataset is not None else cfg.data.name)
 
 
-def run_tags(cfg: RunConfig, device: str) -> dict[str, str]:
+def run_name(cfg: RunConfig, dataset=None) -> str:
+    """``method-backbone-dataset-budget-sSEED-CONFIG``: CONFIG (6 hex digits) hashes everything else that
+    changes the result (``harness.core.identity``), so two configurations never share a run folder."""
+    params = flatten(cfg)
+    if dataset is not None:
+        params["data.fingerprint"] = dataset.fingerprint()
+    config_id, _ = identity(params)
+    return f"{cfg.method}-{cfg.backbone}-{dataset_label(cfg, dataset)}-{cfg.budget.label}-s{cfg.seed}-{config_id[:6]}"
+
+
+def run_dir(cfg: RunConfig, dataset=None) -> Path:
+    return Path(cfg.out_dir) / cfg.tracking.experiment / run_name(cfg, dataset)
+
+
+def run_tags(cfg: RunConfig, device: str, dataset=None) -> dict[str, str]:
     tags = environment_tags(device)
-
     argv = [os.path.basename(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)]
     tags["command"] = "sslbench " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else ""
-    tags.update({"method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.data.name,
-                 "budget": f"{cfg.budget.kind}={cfg.budget.value}", "seed": str(cfg.seed)})
+    tags.update({"method": cfg.method, "backbone": cfg.backbone, "dataset": dataset_label(cfg, dataset),
+                 "budget": cfg.budget.text, "seed": str(cfg.seed)})
     return tags
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SSLBenchError(f"cannot write {path} ({e.strerror}); free space or choose another out_dir") from None
 
 
 def log(msg: str) -> None:

@@ -14,37 +14,65 @@ from typing import Any
 
 import yaml
 
+from evals.evaluate import check_fits
 from harness.core import distributed as dist
 from harness.core.config import flatten
-from harness.core.device import resolve_device
-from harness.core.errors import TrainingDiverged
+from harness.core.device import apply_threads, resolve_device
+from harness.core.identity import identity as run_identity
 from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
 from harness.run.evaluate import evaluate_encoder, evaluate_target, log_eval
-from harness.run.naming import log, run_name, run_tags, write_json_atomic
-from harness.run.plugins import load_plugins
+from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
+from harness.run.naming import log, run_dir, run_name, run_tags, write_json_atomic
+from harness.run.plugins import get_method
 from harness.tracking.runs import TrackedRun
+from harness.tracking.store import client
 from harness.train.build import trajectory_diff
 from harness.train.config import RunConfig, to_dict
 from harness.train.trainer import Trainer
 
 
 def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, dataset: ImageDataset | None = None) -> dict[str, Any]:
-    """Train one run under its budget, then (optionally) evaluate it; everything is logged."""
-    load_plugins()
+    """Train one run under its budget, then (optionally) evaluate it; everything is logged.
+
+    The run directory is owned by one process at a time: a second process (e.g. a second
+    ``sslbench run --resume`` of the same suite) skips a run another process is training, and says so."""
+    get_method(cfg.method)                       # an unknown name fails before any data is read
+    apply_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     dist.init_from_env(device.type)
+    ensure_dir(Path(cfg.out_dir))
+    if dist.is_main():
+        client(cfg.tracking.uri)                 # an unreachable or unusable store fails before any work
     ds = dataset or load_dataset(cfg.data)
-    run_dir = Path(cfg.out_dir) / cfg.tracking.experiment / run_name(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state_path = run_dir / "run.json"
-    state = json.loads(state_path.read_text()) if (resume and state_path.exists()) else {}
-    if state and trajectory_diff(state["config"], to_dict(cfg)):
-        log(f"{run_name(cfg)}: the config changed since the last attempt "
-            f"({', '.join(trajectory_diff(state['config'], to_dict(cfg))[:3])}); starting this run over")
+    if evaluate:
+        check_fits(cfg.eval, ds)                 # what evaluation will refuse, refused before training
+    name = run_name(cfg, ds)
+    folder = run_dir(cfg, ds)
+    trainer = Trainer(cfg, ds, folder)          # validates method, backbone, budget and data before anything is written
+    if not dist.is_main():                      # rank 0 owns the folder and the record
+        return _train(cfg, ds, trainer, name, device, resume, evaluate)
+    try:
+        with RunDir(folder):
+            return _train(cfg, ds, trainer, name, device, resume, evaluate)
+    except RunBusy as e:
+        log(f"{name}: skipped, another process is training it ({e.owner}; {folder})")
+        return {"skipped": True, "config": to_dict(cfg), "owner": e.owner}
+
+
+def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device, resume: bool,
+           evaluate: bool) -> dict[str, Any]:
+    folder = trainer.run_dir
+    state_path = folder / "run.json"
+    state = _read_state(state_path) if resume else {}
+    fingerprint = ds.fingerprint()
+    if state and (trajectory_diff(state.get("config", {}), to_dict(cfg)) or
+                  state.get("data_fingerprint", fingerprint) != fingerprint):
+        changed = trajectory_diff(state.get("config", {}), to_dict(cfg)) or ["the dataset's contents"]
+        log(f"{name}: the config changed since the last attempt ({', '.join(changed[:3])}); starting this run over")
         state, resume = {}, False
     if state.get("evaluated") and state.get("config", {}).get("eval") == to_dict(cfg)["eval"]:
-        log(f"{run_name(cfg)}: already finished and evaluated (run {state['run_id']}); skipping")
+        log(f"{name}: already finished and evaluated (run {state['run_id']}); skipping")
         return state
     ckpt_path = state.get("checkpoint")
     if state.get("evaluated") and ckpt_path and Path(ckpt_path).exists():
@@ -52,56 +80,57 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
         # MLflow run tagged evaluation_of when a knob changed; the old record is never edited)
         if not dist.is_main():
             return {}
-        log(f"{run_name(cfg)}: already finished; evaluating it under the new eval settings")
+        log(f"{name}: already finished; evaluating it under the new eval settings")
         out = evaluate_target(ckpt_path, cfg, dataset=ds)
         state.update(run_id=out["run_id"], metrics=out["metrics"])
         state["config"]["eval"] = to_dict(cfg)["eval"]
         write_json_atomic(state_path, state)
         return state
-    if not resume and (run_dir / "checkpoint.pt").exists():
-        (run_dir / "checkpoint.pt").unlink()
-
-    trainer = Trainer(cfg, ds, run_dir)  # validates method, backbone, budget and data before any run is logged
+    # without --resume the run starts from scratch; its first checkpoint replaces the folder's old one
+    # atomically (the folder holds one configuration, so an old checkpoint is never another run's)
+    if resume:
+        trainer.restore()          # a bad checkpoint fails here, before the run's record is touched
     is_main = dist.is_main()
     run = None
     if is_main:
-        run = TrackedRun(cfg.tracking.experiment, run_name(cfg), cfg.tracking.uri, run_id=state.get("run_id"),
-                                  params=flatten(cfg), tags=run_tags(cfg, device.type) if not state.get("run_id") else None)
+        params = {**flatten(cfg), **trainer.run_params()}
+        config_id, identity = run_identity(params)
+        run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, run_id=state.get("run_id"), params=params,
+                         tags=run_tags(cfg, device.type, ds) if not state.get("run_id") else None)
+        run.set_tags({"sslbench.config_id": config_id, "sslbench.identity": identity})
         trainer.log_fn = run.log_metrics
-        run.log_params(trainer.optim.params())   # the optimiser the run really got (declared defaults + overrides)
-        state = {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": False}
+        state = {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": False, "data_fingerprint": fingerprint}
         write_json_atomic(state_path, state)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    try:
+        (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    with recorded(run):
         result = trainer.fit(resume=resume)
-    except (TrainingDiverged, KeyboardInterrupt) as e:
-        if run:
-            run.set_tags({"error": str(e)[:400]})
-            run.end("FAILED" if isinstance(e, TrainingDiverged) else "KILLED")
-        raise
-    except Exception as e:
-        if run:
-            run.set_tags({"error": f"{type(e).__name__}: {str(e)[:400]}"})
-            run.end("FAILED")
-        raise
-    if not is_main:
-        return {}
-    run.log_metrics({"pretrain/throughput": result.throughput, "pretrain/seconds": result.seconds,
-                     "pretrain/steps": result.steps, "pretrain/images": result.images,
-                     "pretrain/final_loss": result.final_loss}, step=result.steps)
-    if trainer.flops_per_step:
-        run.log_metrics({"pretrain/flops_per_step": trainer.flops_per_step,
-                         "pretrain/flops": trainer.flops_per_step * result.steps}, step=result.steps)
-    run.set_tags({"precision": result.precision, "channels_last": str(result.channels_last),
-                  "view_notes": "; ".join(result.notes) or "none"})
-    run.log_dict(to_dict(cfg), "config.json")
-    for note in result.notes:
-        log(f"{cfg.method}: {note}")
-    metrics: dict[str, float] = {}
-    if evaluate:
-        metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device)
-        log_eval(run, metrics, cfg)
-    run.end("FINISHED")
+        if not is_main:
+            return {}
+        run.log_metrics({"pretrain/throughput": result.throughput, "pretrain/seconds": result.seconds,
+                         "pretrain/steps": result.steps, "pretrain/images": result.images,
+                         "pretrain/final_loss": result.final_loss}, step=result.steps)
+        if trainer.flops_per_step:
+            run.log_metrics({"pretrain/flops_per_step": trainer.flops_per_step,
+                             "pretrain/flops": trainer.flops_per_step * result.steps}, step=result.steps)
+        run.set_tags({"precision": result.precision, "channels_last": str(result.channels_last),
+                      "view_notes": "; ".join(result.notes) or "none"})
+        run.log_dict(to_dict(cfg), "config.json")
+        for note in result.notes:
+            log(f"{cfg.method}: {note}")
+        metrics: dict[str, float] = {}
+        if evaluate:
+            metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device)
+            log_eval(run, metrics, cfg)
+        run.end("FINISHED")
     state.update({"evaluated": evaluate, "checkpoint": str(result.checkpoint), "metrics": metrics})
     write_json_atomic(state_path, state)
     return state
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The run's ``run.json`` (an unreadable one, e.g. from a full disk, counts as absent)."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pandas as pd
 
 from harness.tracking.keys import from_mlflow_key, to_mlflow_key
@@ -37,3 +40,28 @@ def fetch_runs(experiments: list[str] | None = None, uri: str | None = None, sta
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
     cl, _ = client(uri)
     return [(m.step, m.value) for m in cl.get_metric_history(run_id, to_mlflow_key(key))]
+
+
+def running_runs(experiments: list[str] | None = None, uri: str | None = None) -> tuple[int, int]:
+    """(runs recorded as RUNNING, of which stale): a RUNNING run whose recording process, on this host,
+    is gone was killed (SIGKILL leaves no chance to end it); leaderboards read FINISHED runs only."""
+    runs = fetch_runs(experiments, uri=uri, status="RUNNING")
+    if runs.empty:
+        return 0, 0
+    host = socket.gethostname()
+    stale = 0
+    for _, r in runs.iterrows():
+        pid, where = r.get("tags.sslbench.pid"), r.get("tags.sslbench.host")
+        if isinstance(pid, str) and pid.isdigit() and where == host and not _alive(int(pid)):
+            stale += 1
+    return len(runs), stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-import json
+import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from harness.core.identity import param_text
+from harness.core.interrupts import protected
 from harness.tracking.keys import from_mlflow_key, to_mlflow_key
 from harness.tracking.store import client, experiment_id
 
 
-def _param_value(v: Any) -> str:
-    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
-    return s[:6000]
+def recorded_params(uri: str | None, run_id: str) -> dict[str, str] | None:
+    """The params of run ``run_id`` in the store, or None when the store has no such run."""
+    cl, _ = client(uri)
+    try:
+        return dict(cl.get_run(run_id).data.params)
+    except Exception:   # MlflowException: RESOURCE_DOES_NOT_EXIST
+        return None
+
+
+def conflicts(existing: dict[str, str], params: dict[str, Any]) -> list[str]:
+    """Keys of ``params`` a run already holds with another value (MLflow params are immutable)."""
+    return sorted(k for k, v in params.items() if k in existing and existing[k] != param_text(v))
+
+
+def owner_tags() -> dict[str, str]:
+    """Which process is recording the run: a RUNNING run whose process is gone is stale (killed)."""
+    return {"sslbench.pid": str(os.getpid()), "sslbench.host": socket.gethostname()}
 
 
 class TrackedRun:
@@ -24,60 +42,82 @@ class TrackedRun:
         self.client, self.uri = client(uri)
         self.experiment_name = experiment
         self.experiment_id = experiment_id(self.client, self.uri, experiment)
-        if run_id:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            r = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags or {})
-            self.run_id = r.info.run_id
+        if run_id and not self._exists(run_id):
+            print(f"sslbench: run {run_id} (from run.json) is not in the store {self.uri}; starting a new record",
+                  file=sys.stderr)
+            run_id, tags = None, tags or {}
+        with protected():
+            if run_id:
+                self.run_id = run_id
+                self.client.update_run(run_id, status="RUNNING")
+                self.set_tags(owner_tags())
+            else:
+                r = self.client.create_run(self.experiment_id, run_name=run_name, tags={**(tags or {}), **owner_tags()})
+                self.run_id = r.info.run_id
         if params:
             self.log_params(params)
 
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:   # MlflowException: RESOURCE_DOES_NOT_EXIST
+            return False
+
     def log_params(self, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param  # mlflow is imported when first used (seconds), not by --help
+        with protected():
+            from mlflow.entities import Param  # mlflow is imported when first used (seconds), not by --help
 
-        existing = self.client.get_run(self.run_id).data.params
-        items = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+            existing = self.client.get_run(self.run_id).data.params
+            items = [Param(k, param_text(v)) for k, v in params.items() if k not in existing]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(self.run_id, params=items[i : i + 100])
 
-    def conflicting_params(self, params: dict[str, Any]) -> list[str]:
-        """Keys of ``params`` this run already holds with another value (MLflow params are immutable)."""
-        existing = self.client.get_run(self.run_id).data.params
-        return sorted(k for k, v in params.items() if k in existing and existing[k] != _param_value(v))
+    def params(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.params)
 
-    def fork(self, run_name: str, params: dict[str, Any], extra_tags: dict[str, str]) -> "TrackedRun":
-        """A new run in the same experiment carrying this run's tags, ``params`` and its ``pretrain/``
-        metrics: a re-evaluation under other knobs is a new record, never an edit of the old one."""
-        old = self.client.get_run(self.run_id).data
-        tags = {k: v for k, v in old.tags.items() if not k.startswith("mlflow.")}
-        new = TrackedRun(self.experiment_name, run_name, self.uri, params=params,
-                         tags={**tags, **extra_tags, "evaluation_of": self.run_id})
+    @classmethod
+    def evaluation_of(cls, old_run_id: str, experiment: str, run_name: str, uri: str | None,
+                      params: dict[str, Any], extra_tags: dict[str, str]) -> "TrackedRun":
+        """A new run carrying the old run's tags, trained params and ``pretrain/`` metrics, with ``params``
+        on top: a re-evaluation under other knobs is a new record (tag ``evaluation_of``), never an edit
+        of the old one (whose status is left as it is)."""
+        cl, _ = client(uri)
+        old = cl.get_run(old_run_id).data
+        tags = {k: v for k, v in old.tags.items() if not k.startswith(("mlflow.", "sslbench.pid", "sslbench.host"))}
+        kept = {k: v for k, v in old.params.items() if not k.startswith(("eval.", "eval/"))}   # what was trained
+        new = cls(experiment, run_name, uri, params={**kept, **params},
+                  tags={**tags, **extra_tags, "evaluation_of": old_run_id})
         new.log_metrics({from_mlflow_key(k): v for k, v in old.metrics.items() if k.startswith("pretrain/")})
         return new
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        from mlflow.entities import RunTag
+        with protected():
+            from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
+        with protected():
+            from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
-        items = [Metric(to_mlflow_key(k), float(v), ts, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+            ts = int(time.time() * 1000)
+            items = [Metric(to_mlflow_key(k), float(v), ts, step) for k, v in metrics.items()]
+            for i in range(0, len(items), 500):
+                self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
     def log_dict(self, obj: Any, name: str) -> None:
-        self.client.log_dict(self.run_id, obj, name)
+        with protected():
+            self.client.log_dict(self.run_id, obj, name)
 
     def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        with protected():
+            self.client.log_artifact(self.run_id, str(path))
 
     def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
-        self.ended = status
+        with protected():
+            self.client.set_terminated(self.run_id, status=status)
+            self.ended = status
 
     def __enter__(self):
         return self

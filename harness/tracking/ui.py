@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,13 @@ def stop_ui(proc: subprocess.Popen) -> None:
 def serve_ui(uri: str | None, port: int, start_timeout: float = 60.0, duration: float = 0.0) -> None:
     """Start the UI on 127.0.0.1:``port``, wait until ``/health`` answers, print its address, and serve
     until Ctrl-C (or for ``duration`` seconds); the server is stopped on every way out."""
+    if not 1 <= port <= 65535:
+        raise SSLBenchError(f"--port {port} is not a TCP port; use 1..65535 (e.g. 5000)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:   # another server there would answer /health
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise SSLBenchError(f"port {port} on 127.0.0.1 is not free ({e.strerror}); pass another --port") from None
     uri = tracking_uri(uri)
     client(uri)  # creates the store's schema (and checks a server URI) before the UI opens it
     proc = start_ui(uri, "127.0.0.1", port)

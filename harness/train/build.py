@@ -36,18 +36,43 @@ def trajectory_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]
             if not k.startswith(mutable) and a.get(k) != b.get(k)]
 
 
+RESUME_KEYS = ("model", "optimizer", "step", "elapsed", "rng", "config", "data_info")
+
+
+def read_checkpoint(path: str | Path, map_location: str = "cpu", resume: bool = False) -> dict[str, Any]:
+    """A checkpoint written by the trainer, checked: loadable with ``weights_only=True``, and holding
+    what evaluating (or, with ``resume``, continuing) it needs. One loader for ``eval`` and ``--resume``."""
+    state = ckpt.load(path, map_location=map_location)
+    need = RESUME_KEYS if resume else ("model", "config", "data_info")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete sslbench checkpoint (missing {', '.join(missing)}); "
+                              "rerun without --resume to start over" if resume else
+                              f"{path}: not a complete sslbench checkpoint (missing {', '.join(missing)})")
+    if not isinstance(state["config"], dict) or not isinstance(state["data_info"], dict):
+        raise CheckpointError(f"{path}: not an sslbench checkpoint (config / data_info are not mappings)")
+    return state
+
+
+def load_weights(module: Method, state: dict[str, Any], path: str | Path) -> None:
+    """``module.load_state_dict(state["model"])`` with one clear error for missing or mis-shaped weights."""
+    try:
+        module.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: weights do not match {type(module).name}/{state['config'].get('backbone')} "
+                              f"({first})") from None
+
+
 def load_trained_method(path: str | Path, map_location: str = "cpu") -> tuple[Method, RunConfig, dict[str, Any]]:
     """Rebuild a method (backbone included) from a checkpoint written by the trainer."""
-    state = ckpt.load(path, map_location=map_location)
+    state = read_checkpoint(path, map_location)
     try:
         cfg = from_dict(state["config"])
         info = DataInfo(**state["data_info"])
-    except (KeyError, TypeError) as e:
+    except TypeError as e:
         raise CheckpointError(f"{path}: not an sslbench checkpoint ({e})") from None
     method = build_method(cfg, info)
-    try:
-        method.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match {cfg.method}/{cfg.backbone} ({str(e).splitlines()[0][:100]})") from None
+    load_weights(method, state, path)
     method.eval()
     return method, cfg, state

@@ -20,6 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness.core import checkpoint as ckpt
 from harness.core import distributed as dist
+from harness.core.config import flatten
 from harness.core.device import bf16_supported, resolve_device, resolve_precision
 from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.core.schedules import warmup_cosine
@@ -28,7 +29,7 @@ from harness.method.contract import Batch, StepInfo
 from harness.models.backbones import is_convnet
 from harness.models.kernels import prepare_for_training
 from harness.train.budget import steps_per_epoch, total_steps
-from harness.train.build import build_method, data_info, trajectory_diff
+from harness.train.build import build_method, data_info, load_weights, read_checkpoint, trajectory_diff
 from harness.train.config import RunConfig, to_dict
 from harness.train.optim import build_optimizer, effective_optim
 from harness.train.progress import TrainingBar
@@ -94,6 +95,8 @@ class Trainer:
         self.elapsed = 0.0
         self.last_loss = float("nan")
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self._pending: list[tuple[dict[str, float], int]] = []
+        self._restored: bool | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self, finished: bool) -> dict[str, Any]:
@@ -114,14 +117,25 @@ class Trainer:
             "data_info": dataclasses.asdict(self.info),
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], path: str | Path = "checkpoint") -> None:
         diff = trajectory_diff(state["config"], to_dict(self.cfg))
         if diff:
             shown = ", ".join(diff[:4])
             raise CheckpointError(f"cannot resume: the checkpoint was written with another config ({shown}); "
                                   "rerun without --resume to start over")
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["data_info"]
+        now = dataclasses.asdict(self.info)
+        if {k: saved.get(k) for k in ("channels", "image_size", "num_train")} != \
+                {k: now[k] for k in ("channels", "image_size", "num_train")}:
+            raise CheckpointError(f"cannot resume: {path} was trained on other data ({saved.get('channels')} channels, "
+                                  f"{saved.get('image_size')} px, {saved.get('num_train')} images; this dataset: "
+                                  f"{now['channels']}, {now['image_size']} px, {now['num_train']}); rerun without --resume")
+        load_weights(self.method, state, path)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"cannot resume: {path} holds another optimiser's state ({str(e)[:120]}); "
+                                  "rerun without --resume") from None
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         self.last_loss = float(state.get("last_loss", float("nan")))
@@ -130,8 +144,23 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
 
     def save(self, finished: bool = False) -> None:
+        """Write the checkpoint atomically, then hand the metrics of the steps it covers to ``log_fn``:
+        a run killed between checkpoints re-logs those steps once after resuming, never twice."""
         if dist.is_main():
             ckpt.save_atomic(self.state_dict(finished), self.checkpoint_path)
+        pending, self._pending = self._pending, []
+        for metrics, step in pending:
+            self.log_fn(metrics, step)
+
+    def run_params(self) -> dict[str, Any]:
+        """What the run resolved at start, as params: the method's full config, the optimiser it got,
+        device / precision / kernels, and the dataset's content fingerprint (the run's identity uses them)."""
+        mcfg = dataclasses.asdict(self.method.cfg) if dataclasses.is_dataclass(self.method.cfg) else dict(self.method.cfg)
+        gemm = any(type(m).__name__ == "GemmWgradConv2d" for m in self.method.modules())
+        return {**{f"method_config.{k}": v for k, v in flatten(mcfg).items()}, **self.optim.params(),
+                "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
+                "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": "gemm" if gemm else "native",
+                "data.fingerprint": self.ds.fingerprint()}
 
     # ------------------------------------------------------------------ loop
     def progress(self) -> float:
@@ -146,12 +175,21 @@ class Trainer:
         self.flops_per_step = flops
         self.total = max(1, int(self.cfg.budget.value // max(flops, 1.0)))
 
+    def restore(self) -> bool:
+        """Continue from the run folder's checkpoint (once; checked: keys, weights, optimiser, data, config).
+        Returns whether there was one to continue from."""
+        if self._restored is None:
+            self._restored = self.checkpoint_path.exists()
+            if self._restored:
+                self.load_state(read_checkpoint(self.checkpoint_path, str(self.device), resume=True), self.checkpoint_path)
+            else:
+                print(f"sslbench: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+        return self._restored
+
     def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Train until the budget is spent (or, for tests and preemption drills, until step ``stop_after``)."""
-        if resume and self.checkpoint_path.exists():
-            self.load_state(ckpt.load(self.checkpoint_path, map_location=str(self.device)))
-        elif resume:
-            print(f"sslbench: no checkpoint at {self.checkpoint_path}; starting from scratch", file=sys.stderr)
+        if resume:
+            self.restore()
         cfg = self.cfg
         x_all = self.ds.x_train
         if self.device.type == "cuda":
@@ -228,7 +266,7 @@ class Trainer:
                 for k, v in out.items():
                     if k != "loss" and torch.is_tensor(v) and v.numel() == 1:
                         metrics[f"train/{k}"] = float(v)
-                self.log_fn(metrics, self.step)
+                self._pending.append((metrics, self.step))   # logged once the next checkpoint holds this step
             bar.update(self.step, self.elapsed, dt, self.last_loss, images_per_step)
             now = time.monotonic()
             every_steps = cfg.train.checkpoint_every_steps
