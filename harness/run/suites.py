@@ -65,16 +65,17 @@ def run_suite(spec: str | dict[str, Any], overrides: dict[str, Any], resume: boo
     results = []
     t0 = time.time()
     for i, cfg in enumerate(cfgs):
-        log(f"[{i + 1}/{len(cfgs)}] {run_name(cfg)} ({time.time() - t0:.0f}s elapsed)")
+        ds = data_for(cfg)
+        log(f"[{i + 1}/{len(cfgs)}] {run_name(cfg, ds)} ({time.time() - t0:.0f}s elapsed)")
         try:
-            results.append(pretrain(cfg, resume=resume, dataset=data_for(cfg)))
+            results.append(pretrain(cfg, resume=resume, dataset=ds))
         except TrainingDiverged as e:
-            log(f"{run_name(cfg)} FAILED: {e}")
+            log(f"{run_name(cfg, ds)} FAILED: {e}")
             results.append({"failed": str(e), "config": to_dict(cfg)})
     if suite.random_init:
         done = set()
         for cfg in cfgs:
-            key = (cfg.backbone, cfg.seed, cfg.data.name)
+            key = (cfg.backbone, cfg.seed, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
             if key in done:
                 continue
             done.add(key)
