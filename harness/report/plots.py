@@ -57,7 +57,8 @@ def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = 
         ax.set_xlabel(f"budget ({kind})")
         ax.set_ylabel(f"{metric} top-1 (%)")
         ax.set_title(f"{ds}, protocol {proto}: accuracy vs budget")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:   # only random-init floors: nothing to name
+            ax.legend(fontsize=7)
     fig.tight_layout()
     p = out / f"{stem}-budget.png"
     fig.savefig(p, dpi=110)
