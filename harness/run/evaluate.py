@@ -22,11 +22,11 @@ from harness.data.sources import load_dataset
 from harness.method.registry import RANDOM_INIT
 from harness.models.backbones import build_backbone
 from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
-from harness.run.naming import log, run_dir, run_name, run_tags, write_json_atomic
+from harness.run.naming import log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import load_plugins
 from harness.tracking.runs import TrackedRun, conflicts, recorded_params
 from harness.tracking.store import client
-from harness.train.build import load_trained_method
+from harness.train.build import load_trained_method, method_config_params
 from harness.train.config import RunConfig, to_dict
 
 
@@ -91,7 +91,7 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
     encoder = method.encoder().to(device)
     metrics = evaluate_encoder(encoder, ds, cfg, device)
     params = {**flatten(cfg), "data.fingerprint": ds.fingerprint(),
-              **{f"method_config.{k}": v for k, v in flatten(dataclasses.asdict(method.cfg)).items()}}
+              **method_config_params(method)}
     knobs = {k: v for k, v in metrics.items() if k.startswith("eval/") and not k.startswith("eval/time/")
              and k != "eval/seed"}
     existing = recorded_params(cfg.tracking.uri, run_id) if run_id else None
@@ -149,10 +149,7 @@ def _random_init(cfg: RunConfig, encoder: torch.nn.Module, ds: ImageDataset, nam
     state_path = folder / "run.json"
     fingerprint = ds.fingerprint()
     if resume and state_path.exists():
-        try:
-            state = json.loads(state_path.read_text())
-        except (OSError, ValueError):
-            state = {}
+        state = read_state(state_path)
         if state.get("evaluated") and state.get("config") == to_dict(cfg) and \
                 state.get("data_fingerprint", fingerprint) == fingerprint:
             log(f"{name}: already evaluated (run {state['run_id']}); skipping")

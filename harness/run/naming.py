@@ -56,3 +56,12 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 def log(msg: str) -> None:
     print(f"sslbench: {msg}", file=sys.stderr, flush=True)
+
+
+def read_state(path: Path) -> dict:
+    """A run folder's ``run.json`` (absent, unreadable or not a mapping, e.g. after a full disk: empty)."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}

@@ -8,7 +8,6 @@ and ``run.json`` (the MLflow run id, and ``evaluated: true`` once metrics are lo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
 from harness.run.evaluate import evaluate_encoder, evaluate_target, log_eval
 from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
-from harness.run.naming import log, run_dir, run_name, run_tags, write_json_atomic
+from harness.run.naming import log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import get_method
 from harness.tracking.runs import TrackedRun
 from harness.tracking.store import client
@@ -64,7 +63,7 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
            evaluate: bool) -> dict[str, Any]:
     folder = trainer.run_dir
     state_path = folder / "run.json"
-    state = _read_state(state_path) if resume else {}
+    state = read_state(state_path) if resume else {}
     fingerprint = ds.fingerprint()
     if state and (trajectory_diff(state.get("config", {}), to_dict(cfg)) or
                   state.get("data_fingerprint", fingerprint) != fingerprint):
@@ -126,11 +125,3 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
     write_json_atomic(state_path, state)
     return state
 
-
-def _read_state(path: Path) -> dict[str, Any]:
-    """The run's ``run.json`` (an unreadable one, e.g. from a full disk, counts as absent)."""
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,12 @@ def build_method(cfg: RunConfig, info: DataInfo) -> Method:
     backbone = build_backbone(cfg.backbone, info.channels, info.image_size)
     entry.cls.check_requirements(backbone, info, cfg.backbone)
     return entry.cls(backbone, mcfg, info)
+
+
+def method_config_params(method: Method) -> dict[str, Any]:
+    """The method's full resolved config as params (``method_config.*``), part of a run's identity."""
+    cfg = dataclasses.asdict(method.cfg) if dataclasses.is_dataclass(method.cfg) else dict(method.cfg)
+    return {f"method_config.{k}": v for k, v in flatten(cfg).items()}
 
 
 def trajectory_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

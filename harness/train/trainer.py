@@ -20,16 +20,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness.core import checkpoint as ckpt
 from harness.core import distributed as dist
-from harness.core.config import flatten
 from harness.core.device import bf16_supported, resolve_device, resolve_precision
 from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.core.schedules import warmup_cosine
 from harness.data.dataset import ImageDataset, batch_indices
 from harness.method.contract import Batch, StepInfo
 from harness.models.backbones import is_convnet
+from harness.models.conv_wgrad import GemmWgradConv2d
 from harness.models.kernels import prepare_for_training
 from harness.train.budget import steps_per_epoch, total_steps
-from harness.train.build import build_method, data_info, load_weights, read_checkpoint, trajectory_diff
+from harness.train.build import build_method, data_info, load_weights, method_config_params, read_checkpoint, trajectory_diff
 from harness.train.config import RunConfig, to_dict
 from harness.train.optim import build_optimizer, effective_optim
 from harness.train.progress import TrainingBar
@@ -155,9 +155,8 @@ class Trainer:
     def run_params(self) -> dict[str, Any]:
         """What the run resolved at start, as params: the method's full config, the optimiser it got,
         device / precision / kernels, and the dataset's content fingerprint (the run's identity uses them)."""
-        mcfg = dataclasses.asdict(self.method.cfg) if dataclasses.is_dataclass(self.method.cfg) else dict(self.method.cfg)
-        gemm = any(type(m).__name__ == "GemmWgradConv2d" for m in self.method.modules())
-        return {**{f"method_config.{k}": v for k, v in flatten(mcfg).items()}, **self.optim.params(),
+        gemm = any(isinstance(m, GemmWgradConv2d) for m in self.method.modules())
+        return {**method_config_params(self.method), **self.optim.params(),
                 "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
                 "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": "gemm" if gemm else "native",
                 "data.fingerprint": self.ds.fingerprint()}
