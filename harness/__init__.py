@@ -35,12 +35,16 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.core.errors": ("CheckpointError", "ConfigError", "DataError", "SSLBenchError"),
     "harness.core.hypersphere": ("align_loss", "uniform_loss"),
     "harness.core.schedules": ("cosine", "momentum_schedule", "warmup_cosine"),
+    "harness.data.colour": ("ab_gamut_bins", "drop_channels", "lab_to_rgb", "rebalancing_weights", "rgb_to_lab",
+                            "smoothed_prior", "soft_encode"),
     "harness.data.geometry": ("cell_diagonal", "pixel_centres", "positive_mask"),
+    "harness.data.tiles": ("assemble", "crop_at", "gradient_energy", "grid_geometry", "grid_tiles", "hamming_permutations",
+                           "min_hamming_distance", "permute_tiles", "split_tiles", "window_energy_argmax"),
     "harness.data.views": ("ViewRecipe", "Views", "ViewSpec"),
     "harness.method.contract": ("Batch", "DataInfo", "Method", "OptimDefaults", "Requirements", "StepInfo"),
     "harness.method.pipelines": ("MultiCrop", "MultiCropConfig", "TwoViewConfig", "TwoViewMethod"),
     "harness.method.registry": ("register_method",),
-    "harness.models.backbones": ("feature_map", "has_feature_map", "is_convnet", "is_vit"),
+    "harness.models.backbones": ("check_input_size", "feature_map", "has_feature_map", "is_convnet", "is_vit"),
     "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
     "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
 }
@@ -59,8 +63,12 @@ def __getattr__(name: str):
         from harness.core import hypersphere as module
     elif where == "harness.core.schedules":
         from harness.core import schedules as module
+    elif where == "harness.data.colour":
+        from harness.data import colour as module
     elif where == "harness.data.geometry":
         from harness.data import geometry as module
+    elif where == "harness.data.tiles":
+        from harness.data import tiles as module
     elif where == "harness.data.views":
         from harness.data import views as module
     elif where == "harness.method.contract":

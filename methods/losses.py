@@ -382,3 +382,58 @@ def align_uniform_loss(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0, t
     x = F.normalize(z1.float(), dim=1)
     y = F.normalize(z2.float(), dim=1)
     return align_loss(x, y, alpha) + lam * (uniform_loss(x, t) + uniform_loss(y, t)) / 2
+
+
+def counting_loss(phi_down_x: torch.Tensor, phi_tiles_x: torch.Tensor, phi_down_y: torch.Tensor,
+                  margin: float = 10.0) -> torch.Tensor:
+    """The counting loss (Noroozi, Pirsiavash & Favaro, 2017, eq. 5), averaged over the batch.
+
+    phi counts visual primitives (features after a ReLU). For an image x, its 2x downsampled
+    version D∘x and its four tiles T_i∘x must hold the same counts; for another image y the counts
+    of D∘y must differ from x's by at least the margin c (the contrastive term rules out phi = 0):
+
+        L = ||phi(D∘x) - sum_i phi(T_i∘x)||^2 + max(0, c - ||phi(D∘y) - sum_i phi(T_i∘x)||^2)
+
+    ``phi_tiles_x`` is (B, 4, D), the other two (B, D).
+    """
+    total = phi_tiles_x.float().sum(dim=1)
+    pos = (phi_down_x.float() - total).pow(2).sum(dim=1)
+    neg = (phi_down_y.float() - total).pow(2).sum(dim=1)
+    return (pos + F.relu(margin - neg)).mean()
+
+
+def weighted_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy with a soft target distribution per row and an optional weight per row
+    (Zhang et al., 2016, eq. 2: L = -sum_pixels v(Z) sum_q Z_q log Ẑ_q), averaged over rows.
+    ``logits`` and ``target`` are (N, Q), ``weight`` (N,)."""
+    ce = -(target.float() * F.log_softmax(logits.float(), dim=1)).sum(dim=1)
+    if weight is not None:
+        ce = ce * weight.float()
+    return ce.mean()
+
+
+def supervised_contrastive(z: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised-contrastive loss over normalised features (Khosla et al., 2020, L_out), with
+    "same group" as positives: for anchor i with positives P(i) (same group, i excluded) and all
+    others A(i) = {k != i},
+
+        L = 1/N sum_i -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p / tau) / sum_{a in A(i)} exp(z_i.z_a / tau) )
+
+    Jigsaw Clustering's clustering loss: tiles cut from one image form a group. Anchors with no
+    positive are skipped."""
+    z = F.normalize(z.float(), dim=1)
+    sim = z @ z.t() / temperature
+    eye = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    pos = (groups.view(-1, 1) == groups.view(1, -1)) & ~eye
+    n_pos = pos.sum(1)
+    keep = n_pos > 0
+    mean_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(1)[keep] / n_pos[keep]
+    return -mean_pos.mean()
+
+
+def cosine_classifier_logits(features: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cosine-softmax logits (PIC, Cao et al., 2020): cos(f_i, w_j) / tau for normalised features and
+    normalised class (instance) weights; feed them to cross-entropy."""
+    return F.normalize(features.float(), dim=1) @ F.normalize(weight.float(), dim=1).t() / temperature

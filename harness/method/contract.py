@@ -42,6 +42,24 @@ class DataInfo:
     image_size: int
     num_train: int
     num_classes: int
+    mean: tuple[float, ...] = ()  # per-channel normalisation of the views (empty in checkpoints older than these fields)
+    std: tuple[float, ...] = ()
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised views back to [0, 1] pixel values (methods that work on colours: Lab, channel drop)."""
+        if not self.mean:
+            raise ConfigError("this checkpoint's data_info has no normalisation statistics; retrain it with this version")
+        m = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return x * s + m
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixel values -> the views' normalisation (the inverse of :meth:`denormalize`)."""
+        if not self.mean:
+            raise ConfigError("this checkpoint's data_info has no normalisation statistics; retrain it with this version")
+        m = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - m) / s
 
 
 @dataclass
@@ -57,6 +75,7 @@ class Batch:
     views: Views
     indices: torch.Tensor         # dataset indices of the batch (memory-bank methods)
     labels: torch.Tensor | None = None  # class labels: only methods with uses_labels = True may read them
+    # in the prepare pass only: ``views.source`` holds the normalised un-augmented images
 
 
 @dataclass(frozen=True)
@@ -159,7 +178,8 @@ class Method(nn.Module):
             raise ConfigError(f"method '{cls.name}' needs a ViT backbone, got '{backbone_name}'; "
                               "try backbone=vit_mini_p4 or vit_tiny_p4")
         if r.color and info.channels != 3:
-            raise ConfigError(f"method '{cls.name}' needs colour images; dataset '{info.name}' has {info.channels} channel(s)")
+            raise ConfigError(f"method '{cls.name}' needs colour images; dataset '{info.name}' has {info.channels} channel(s); "
+                              "choose a colour dataset such as cifar10")
         if info.image_size < r.min_image_size:
             raise ConfigError(f"method '{cls.name}' needs images of at least {r.min_image_size} px; "
                               f"dataset '{info.name}' has {info.image_size} px")

@@ -108,6 +108,23 @@ def is_convnet(model: nn.Module) -> bool:
     return not is_vit(model) and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def check_input_size(backbone: nn.Module, channels: int, size: int, what: str) -> None:
+    """Refuse, with one clear error, inputs of ``size`` px that the backbone cannot take (a convnet
+    whose pooling runs out of pixels on small tiles); a forward pass of two blank inputs in eval
+    mode (running statistics untouched)."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            backbone(torch.zeros(2, channels, size, size))
+    except (RuntimeError, ValueError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what} of {size} px are too small for the backbone {type(backbone).__name__} ({first}); "
+                          "enlarge them (e.g. method_cfg.view_size) or choose another backbone") from None
+    finally:
+        backbone.train(was)
+
+
 def build_backbone(name: str, in_chans: int, img_size: int) -> nn.Module:
     """Our registry first, then any timm model name (random init, ``num_classes=0``)."""
     if name in BACKBONES:

@@ -17,7 +17,8 @@ from harness.train.config import RunConfig, from_dict
 
 
 def data_info(ds: ImageDataset) -> DataInfo:
-    return DataInfo(ds.name, ds.channels, ds.image_size, len(ds.x_train), ds.num_classes)
+    return DataInfo(ds.name, ds.channels, ds.image_size, len(ds.x_train), ds.num_classes,
+                    tuple(float(v) for v in ds.mean), tuple(float(v) for v in ds.std))
 
 
 def build_method(cfg: RunConfig, info: DataInfo) -> Method:

@@ -292,7 +292,7 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.cfg.seed, 2**40, 0))
         for lo in range(0, n, bs):
             idx = torch.arange(lo, min(lo + bs, n))
-            views = self.recipe(x_all[idx].to(self.device), gen, self.ds.mean, self.ds.std)
+            views = self.recipe(x_all[idx].to(self.device), gen, self.ds.mean, self.ds.std, keep_source=True)
             if self.channels_last:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
             with amp:
