@@ -38,7 +38,7 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.data.colour": ("ab_gamut_bins", "drop_channels", "lab_to_rgb", "rebalancing_weights", "rgb_to_lab",
                             "smoothed_prior", "soft_encode"),
     "harness.data.geometry": ("cell_diagonal", "pixel_centres", "positive_mask"),
-    "harness.data.tiles": ("assemble", "crop_at", "gradient_energy", "grid_geometry", "grid_tiles", "hamming_permutations",
+    "harness.data.tiles": ("assemble", "crop_at", "gap_layout", "gradient_energy", "grid_geometry", "grid_tiles", "hamming_permutations",
                            "min_hamming_distance", "permute_tiles", "split_tiles", "window_energy_argmax"),
     "harness.data.views": ("ViewRecipe", "Views", "ViewSpec"),
     "harness.method.contract": ("Batch", "DataInfo", "Method", "OptimDefaults", "Requirements", "StepInfo"),

@@ -37,15 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from harness import (
-    ConfigError,
     Method,
     OptimDefaults,
     ViewRecipe,
     at_least,
-    check_input_size,
     between,
+    check_input_size,
     drop_channels,
-    grid_geometry,
+    gap_layout,
     grid_tiles,
     mlp,
     register_method,
@@ -91,13 +90,8 @@ class ContextPrediction(Method):
     def __init__(self, backbone, cfg: ContextPredictionConfig, info):
         super().__init__(backbone, cfg, info)
         self.size = cfg.view_size or info.image_size
-        cell = self.size // 3
-        self.gap = int(round(cfg.gap_fraction * cell))
-        grid_geometry(self.size, 3, self.gap)        # refuses sizes with no room for the tiles
-        if self.size // 3 - self.gap < 4:
-            raise ConfigError(f"context_prediction: {self.size}-px views give {self.size // 3 - self.gap}-px patches; "
-                              "set method_cfg.view_size (e.g. 48) or lower method_cfg.gap_fraction")
-        check_input_size(backbone, info.channels, self.size // 3 - self.gap, "context_prediction: patches")
+        self.gap, tile = gap_layout(self.size, 3, cfg.gap_fraction, "context_prediction")
+        check_input_size(backbone, info.channels, tile, "context_prediction: patches")
         d = backbone.num_features
         self.head = mlp(2 * d, cfg.head_hidden, 8, layers=2)
 

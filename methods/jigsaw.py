@@ -29,14 +29,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness import (
-    ConfigError,
     Method,
     OptimDefaults,
     ViewRecipe,
     at_least,
-    check_input_size,
     between,
-    grid_geometry,
+    check_input_size,
+    gap_layout,
     grid_tiles,
     hamming_permutations,
     mlp,
@@ -71,13 +70,9 @@ class Jigsaw(Method):
     def __init__(self, backbone, cfg: JigsawConfig, info):
         super().__init__(backbone, cfg, info)
         self.size = cfg.view_size or info.image_size
-        self.gap = int(round(cfg.gap_fraction * (self.size // 3)))
-        grid_geometry(self.size, 3, self.gap)
-        if self.size // 3 - self.gap < 4:
-            raise ConfigError(f"jigsaw: {self.size}-px views give {self.size // 3 - self.gap}-px tiles; "
-                              "set method_cfg.view_size (e.g. 48) or lower method_cfg.gap_fraction")
+        self.gap, tile = gap_layout(self.size, 3, cfg.gap_fraction, "jigsaw")
+        check_input_size(backbone, info.channels, tile, "jigsaw: tiles")
         self.register_buffer("perms", hamming_permutations(cfg.num_permutations, 9, cfg.permutation_seed))
-        check_input_size(backbone, info.channels, self.size // 3 - self.gap, "jigsaw: tiles")
         d = backbone.num_features
         self.tile_fc = nn.Sequential(nn.Linear(d, cfg.tile_dim), nn.ReLU(inplace=True))
         self.head = mlp(9 * cfg.tile_dim, cfg.head_hidden, cfg.num_permutations, layers=2)

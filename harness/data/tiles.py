@@ -32,6 +32,17 @@ def grid_geometry(size: int, grid: int, gap: int) -> tuple[int, int]:
     return cell, tile
 
 
+def gap_layout(size: int, grid: int, gap_fraction: float, what: str, min_tile: int = 4) -> tuple[int, int]:
+    """(gap, tile) in px for a ``grid`` x ``grid`` layout of a ``size``-px view whose gap is
+    ``gap_fraction`` of a cell; refuses, in one line, tiles smaller than ``min_tile`` px."""
+    gap = int(round(gap_fraction * (size // grid)))
+    _, tile = grid_geometry(size, grid, gap)
+    if tile < min_tile:
+        raise ConfigError(f"{what}: {size}-px views give {tile}-px tiles; "
+                          "set method_cfg.view_size (e.g. 48) or lower method_cfg.gap_fraction")
+    return gap, tile
+
+
 def grid_tiles(x: torch.Tensor, grid: int, gap: int, gen: torch.Generator | None = None) -> torch.Tensor:
     """The ``grid`` x ``grid`` tiles of a batch (B, C, H, W), in row-major cell order: (B, g*g, C, t, t).
 
