@@ -89,12 +89,11 @@ class LightnessEncoder(nn.Module):
     def __init__(self, backbone: nn.Module, info):
         super().__init__()
         self.backbone = backbone
+        self.info = info
         self.num_features = backbone.num_features
-        self.register_buffer("mean", torch.tensor(info.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(info.std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rgb = (x.float() * self.std + self.mean).clamp(0, 1)
+        rgb = self.info.denormalize(x.float()).clamp(0, 1)
         return self.backbone(lightness_input(rgb_to_lab(rgb), x.shape[1]).to(x.dtype))
 
 

@@ -47,19 +47,20 @@ class DataInfo:
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised views back to [0, 1] pixel values (methods that work on colours: Lab, channel drop)."""
-        if not self.mean:
-            raise ConfigError("this checkpoint's data_info has no normalisation statistics; retrain it with this version")
-        m = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+        m, s = self._stats(x)
         return x * s + m
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixel values -> the views' normalisation (the inverse of :meth:`denormalize`)."""
+        m, s = self._stats(x)
+        return (x - m) / s
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.mean:
             raise ConfigError("this checkpoint's data_info has no normalisation statistics; retrain it with this version")
-        m = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - m) / s
+        shape = (1, -1, 1, 1)
+        return (torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(shape),
+                torch.tensor(self.std, device=x.device, dtype=x.dtype).view(shape))
 
 
 @dataclass
