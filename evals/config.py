@@ -19,7 +19,7 @@ class EvalConfig:
                                          metadata={"min": 0, "max": 1, "strict": True})
     batch_size: int = positive(512)
     linear_epochs: int = positive(30)
-    features: str = choices("backbone", "projector", default="backbone")
+    features: str = choices("backbone", "projector", "cls", "mean_patch", default="backbone")  # evals.features.scored_encoder
     holdout_fraction: float = between(0.1, 0, 1, open_lo=True, open_hi=True)
     au_pairs: int = positive(4096)
     finetune_steps: int = positive(300)  # fine-tuning budget (steps of finetune_batch_size), per grid point

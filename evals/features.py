@@ -21,7 +21,8 @@ from torch import nn
 from harness.core.device import resolve_precision
 from harness.data.dataset import ImageDataset
 from harness.data.views import normalize
-from harness.models.backbones import is_convnet
+from harness.core.errors import ConfigError
+from harness.models.backbones import is_convnet, is_vit
 
 PROGRESS_MIN_BATCHES = 8  # a bar only when extraction is long enough to be worth watching
 
@@ -62,6 +63,44 @@ def extract_features(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, batch
     if not out:
         return torch.empty(0, 0)
     return torch.cat(out)
+
+
+class TokenFeatures(nn.Module):
+    """A ViT's features read from its tokens instead of its own pooling: ``cls``, the [CLS] token, or
+    ``mean_patch``, the mean of the patch tokens (the prefix tokens left out), each after the ViT's
+    final norm as timm applies it (``norm`` on the tokens, or ``fc_norm`` after the pooling). For our
+    ViTs (built with average pooling) ``mean_patch`` equals the backbone's own output; ``cls`` is the
+    frozen-[CLS] protocol known to underrate masked image modelling at short schedules."""
+
+    def __init__(self, vit: nn.Module, kind: str):
+        super().__init__()
+        if not is_vit(vit):
+            raise ConfigError(f"eval.features={kind} reads a ViT's tokens; this encoder is a {type(vit).__name__}: "
+                              f"use eval.features=backbone")
+        if kind == "cls" and vit.cls_token is None:
+            raise ConfigError("eval.features=cls: this ViT has no [CLS] token; use eval.features=mean_patch")
+        self.vit, self.kind = vit, kind
+        self.num_features = vit.num_features
+        fc_norm = getattr(vit, "fc_norm", None)
+        self.post = fc_norm if isinstance(vit.norm, nn.Identity) and fc_norm is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.vit.forward_features(x)
+        t = t[:, 0] if self.kind == "cls" else t[:, self.vit.num_prefix_tokens:].mean(1)
+        return self.post(t)
+
+
+def scored_encoder(encoder: nn.Module, projector: nn.Module | None, kind: str) -> nn.Module:
+    """The module whose outputs ``eval.features=kind`` scores: the encoder (``backbone``), the method's
+    backbone + projector (``projector``), or a ViT's [CLS] / mean patch token (``cls``, ``mean_patch``).
+    A kind the method or backbone cannot give is refused with one line (before training, by the caller)."""
+    if kind == "backbone":
+        return encoder
+    if kind == "projector":
+        if projector is None:
+            raise ConfigError("eval.features=projector: this method has no projector to score; use eval.features=backbone")
+        return projector
+    return TokenFeatures(encoder, kind)
 
 
 def weights_hash(module: nn.Module) -> str:

@@ -38,8 +38,10 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.data.colour": ("ab_gamut_bins", "drop_channels", "lab_to_rgb", "rebalancing_weights", "rgb_to_lab",
                             "smoothed_prior", "soft_encode"),
     "harness.data.geometry": ("cell_diagonal", "pixel_centres", "positive_mask"),
+    "harness.data.masking": ("block_mask", "random_mask", "random_masking", "upsample_mask"),
     "harness.data.tiles": ("assemble", "crop_at", "gap_layout", "gradient_energy", "grid_geometry", "grid_tiles", "hamming_permutations",
-                           "min_hamming_distance", "permute_tiles", "split_tiles", "window_energy_argmax"),
+                           "hog_cells", "min_hamming_distance", "patchify", "permute_tiles", "split_tiles", "unpatchify",
+                           "window_energy_argmax"),
     "harness.data.views": ("ViewRecipe", "Views", "ViewSpec"),
     "harness.method.contract": ("Batch", "DataInfo", "Method", "OptimDefaults", "Requirements", "StepInfo"),
     "harness.method.pipelines": ("MultiCrop", "MultiCropConfig", "TwoViewConfig", "TwoViewMethod"),
@@ -47,6 +49,7 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.models.backbones": ("check_input_size", "feature_map", "has_feature_map", "is_convnet", "is_vit"),
     "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
     "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
+    "harness.models.vit": ("final_norm", "input_tokens", "run_blocks", "sincos_pos_embed_2d", "token_grid"),
 }
 
 
@@ -67,6 +70,8 @@ def __getattr__(name: str):
         from harness.data import colour as module
     elif where == "harness.data.geometry":
         from harness.data import geometry as module
+    elif where == "harness.data.masking":
+        from harness.data import masking as module
     elif where == "harness.data.tiles":
         from harness.data import tiles as module
     elif where == "harness.data.views":
@@ -83,6 +88,8 @@ def __getattr__(name: str):
         from harness.models import blocks as module
     elif where == "harness.models.heads":
         from harness.models import heads as module
+    elif where == "harness.models.vit":
+        from harness.models import vit as module
     else:
         raise AttributeError(f"module 'harness' has no attribute '{name}'")
     value = getattr(module, name)

@@ -437,3 +437,16 @@ def cosine_classifier_logits(features: torch.Tensor, weight: torch.Tensor, tempe
     """Cosine-softmax logits (PIC, Cao et al., 2020): cos(f_i, w_j) / tau for normalised features and
     normalised class (instance) weights; feed them to cross-entropy."""
     return F.normalize(features.float(), dim=1) @ F.normalize(weight.float(), dim=1).t() / temperature
+
+
+def simmim_loss(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """SimMIM's reconstruction loss (Xie et al., 2022, eq. 1): L1 on the masked pixels only,
+
+        L = sum_{c,h,w} m_hw |x_hat_chw - x_chw| / (sum_{h,w} m_hw + eps) / C
+
+    ``pred``, ``target``: (B, C, H, W); ``pixel_mask``: (B, 1, H, W) (or (B, H, W)), 1 where masked."""
+    m = pixel_mask.float()
+    if m.dim() == 3:
+        m = m.unsqueeze(1)
+    l1 = (pred.float() - target.float()).abs()
+    return (l1 * m).sum() / (m.sum() + eps) / pred.shape[1]

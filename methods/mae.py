@@ -37,7 +37,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from harness import ConfigError, Method, OptimDefaults, Requirements, ViewRecipe, between, positive, register_method
+from harness import (Method, OptimDefaults, Requirements, ViewRecipe, between, final_norm, input_tokens, patchify, positive,
+                     random_masking, register_method, run_blocks, sincos_pos_embed_2d)
 from methods.losses import mae_loss
 
 
@@ -54,66 +55,99 @@ class MAEConfig:
     checks = ((lambda c: c.decoder_dim % c.decoder_heads == 0, "decoder_dim divisible by decoder_heads"),)
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- decoder
 
 
-def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, L, p*p*C), patches in row-major order, pixels as (p, p, C)."""
-    b, c, h, w = imgs.shape
-    if h % p or w % p:
-        raise ConfigError(f"mae: image size {h}x{w} is not divisible by the patch size {p}")
-    x = imgs.reshape(b, c, h // p, p, w // p, p)
-    x = torch.einsum("nchpwq->nhwpqc", x)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
+def decoder_blocks(dim: int, depth: int, heads: int) -> nn.ModuleList:
+    from timm.models.vision_transformer import Block
+
+    return nn.ModuleList([Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6))
+                          for _ in range(depth)])
 
 
-def unpatchify(x: torch.Tensor, p: int, channels: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`patchify`: (B, L, p*p*C) -> (B, C, H, W)."""
-    b = x.shape[0]
-    x = x.reshape(b, h // p, w // p, p, p, channels)
-    x = torch.einsum("nhwpqc->nchpwq", x)
-    return x.reshape(b, channels, h, w)
+def init_decoder(modules, mask_token: torch.Tensor) -> None:
+    """MAE's decoder initialisation: xavier-uniform linear layers, zero biases, unit LayerNorms, N(0, 0.02) mask token."""
+    nn.init.normal_(mask_token, std=0.02)
+    for m in modules:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
-def random_masking(batch: int, length: int, mask_ratio: float, generator: torch.Generator,
-                   device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample random masking by argsort of uniform noise (the MAE recipe).
-
-    Returns ``ids_keep`` (B, L_keep): indices of the kept patches; ``mask`` (B, L): 1 for a
-    removed patch, 0 for a kept one, in the original order; ``ids_restore`` (B, L): the
-    permutation that puts [kept, removed] tokens back in the original order.
-    """
-    keep = int(length * (1 - mask_ratio))
-    if keep < 1:
-        raise ConfigError(f"mae: mask_ratio={mask_ratio} keeps no patch out of {length}")
-    noise = torch.rand(batch, length, generator=generator, device=device)
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    ids_keep = ids_shuffle[:, :keep]
-    mask = torch.ones(batch, length, device=device)
-    mask[:, :keep] = 0
-    mask = torch.gather(mask, 1, ids_restore)
-    return ids_keep, mask, ids_restore
+def decode(x: torch.Tensor, ids_restore: torch.Tensor, num_prefix: int, embed: nn.Module, mask_token: torch.Tensor,
+           pos_embed: torch.Tensor, blocks: nn.ModuleList, norm: nn.Module) -> torch.Tensor:
+    """MAE's decoder body: encoded visible tokens (B, prefix + L_keep, D) -> decoded patch tokens (B, L, D_dec).
+    Tokens are mapped to the decoder width, a shared mask token fills every removed patch, the
+    original order is restored, fixed position embeddings are added and the blocks run."""
+    x = embed(x)
+    b, length = ids_restore.shape
+    n_mask = length - (x.shape[1] - num_prefix)
+    patches = torch.cat([x[:, num_prefix:], mask_token.to(x.dtype).expand(b, n_mask, -1)], dim=1)
+    patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    x = torch.cat([x[:, :num_prefix], patches], dim=1) + pos_embed.to(x.dtype)
+    for blk in blocks:
+        x = blk(x)
+    return norm(x)[:, num_prefix:]
 
 
-def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int, num_prefix: int = 0) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding (MAE / MoCo v3), (num_prefix + H*W, dim).
+class MAEDecoder(nn.Module):
+    """A decoder of MAE's shape as its own module (DeepMIM's extra decoders, LocalMIM's per-layer ones):
+    embed -> mask tokens + order + sin-cos positions -> ``depth`` blocks -> LayerNorm -> ``pred``."""
 
-    Half the channels encode the row, half the column; each half is [sin(pos * w_k),
-    cos(pos * w_k)] with w_k = 1 / 10000^(k / (dim/4)). Prefix tokens ([CLS]) get zeros.
-    """
-    if dim % 4:
-        raise ConfigError(f"a 2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    ys, xs = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
-                            torch.arange(grid_w, dtype=torch.float64), indexing="ij")
+    def __init__(self, enc_dim: int, dim: int, depth: int, heads: int, grid: tuple[int, int], num_prefix: int,
+                 out_dim: int | None):
+        super().__init__()
+        self.num_prefix = num_prefix
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(dim, grid[0], grid[1], num_prefix)[None], persistent=False)
+        self.blocks = decoder_blocks(dim, depth, heads)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Linear(dim, out_dim) if out_dim else nn.Identity()
+        init_decoder(self.modules(), self.mask_token)
 
-    def emb(pos):
-        out = pos.reshape(-1, 1) * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
+    def forward(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        h = decode(x, ids_restore, self.num_prefix, self.embed, self.mask_token, self.pos_embed, self.blocks, self.norm)
+        return self.pred(h)
 
-    pe = torch.cat([emb(xs), emb(ys)], dim=1)  # (H*W, dim), row-major like patchify
-    return torch.cat([torch.zeros(num_prefix, dim, dtype=torch.float64), pe]).float()
+
+def encode_visible(vit: nn.Module, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator, taps=()):
+    """MAE's encoder: the visible patches only (and the prefix tokens), position embeddings added before
+    the random subset is taken. Returns (final tokens after the final norm (B, prefix + L_keep, D), the
+    raw outputs of the blocks in ``taps`` (1-based), mask (B, L), ids_restore (B, L))."""
+    x = input_tokens(vit, imgs)
+    npf = vit.num_prefix_tokens
+    b, n, d = x.shape
+    ids_keep, mask, ids_restore = random_masking(b, n - npf, mask_ratio, generator, imgs.device)
+    visible = torch.gather(x[:, npf:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
+    x, taps_out = run_blocks(vit, torch.cat([x[:, :npf], visible], dim=1), taps)
+    return final_norm(vit, x), taps_out, mask, ids_restore
+
+
+def fix_sincos_pos_embed(vit: nn.Module) -> None:
+    """Overwrite the ViT's learned position embedding with fixed 2-D sin-cos values and freeze it (MAE)."""
+    if vit.pos_embed is None:
+        return
+    gh, gw = vit.patch_embed.grid_size
+    prefix_rows = 0 if vit.no_embed_class else vit.num_prefix_tokens
+    with torch.no_grad():
+        vit.pos_embed.copy_(sincos_pos_embed_2d(vit.embed_dim, gh, gw, prefix_rows)[None])
+    vit.pos_embed.requires_grad_(False)
+
+
+def no_decay_groups(module: nn.Module) -> list[dict]:
+    """No weight decay on biases, norms, position embeddings, [CLS] and mask tokens (MAE, BEiT, SimMIM)."""
+    decay, no_decay = [], []
+    for n, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or n.endswith(("pos_embed", "cls_token", "reg_token", "mask_token"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
 
 
 # ----------------------------------------------------------------------------- method
@@ -127,99 +161,37 @@ class MAE(Method):
 
     def __init__(self, backbone, cfg: MAEConfig, info):
         super().__init__(backbone, cfg, info)
-        from timm.models.vision_transformer import Block
-
         vit = backbone
-        if getattr(vit, "dynamic_img_size", False):
-            raise ConfigError("mae: ViT backbones with dynamic_img_size are not supported")
         self.patch = vit.patch_embed.patch_size[0]
         gh, gw = vit.patch_embed.grid_size
         self.grid = (gh, gw)
         self.num_prefix = vit.num_prefix_tokens
-        enc_dim = vit.embed_dim
-        if cfg.fixed_pos_embed and vit.pos_embed is not None:
-            prefix_rows = 0 if vit.no_embed_class else self.num_prefix
-            with torch.no_grad():
-                vit.pos_embed.copy_(sincos_pos_embed_2d(enc_dim, gh, gw, prefix_rows)[None])
-            vit.pos_embed.requires_grad_(False)
+        if cfg.fixed_pos_embed:
+            fix_sincos_pos_embed(vit)
 
         # decoder
-        self.decoder_embed = nn.Linear(enc_dim, cfg.decoder_dim)
+        self.decoder_embed = nn.Linear(vit.embed_dim, cfg.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
         self.register_buffer("decoder_pos_embed",
                              sincos_pos_embed_2d(cfg.decoder_dim, gh, gw, self.num_prefix)[None], persistent=False)
-        self.decoder_blocks = nn.ModuleList([
-            Block(cfg.decoder_dim, cfg.decoder_heads, mlp_ratio=4.0, qkv_bias=True,
-                  norm_layer=partial(nn.LayerNorm, eps=1e-6))
-            for _ in range(cfg.decoder_depth)])
+        self.decoder_blocks = decoder_blocks(cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads)
         self.decoder_norm = nn.LayerNorm(cfg.decoder_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(cfg.decoder_dim, self.patch * self.patch * info.channels)
-        self._init_decoder()
-
-    def _init_decoder(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
-        for name, m in self.named_modules():
-            if not name.startswith("decoder"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_decoder([m for n, m in self.named_modules() if n.startswith("decoder")], self.mask_token)
 
     def view_recipe(self, info):
         return ViewRecipe.light(info.image_size, scale=(self.cfg.crop_min_scale, 1.0))
 
     # ------------------------------------------------------------------ encoder / decoder
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        vit = self.backbone
-        if isinstance(vit.norm, nn.Identity) and not isinstance(getattr(vit, "fc_norm", None), (nn.Identity, type(None))):
-            return vit.fc_norm(x)
-        return vit.norm(x)
-
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator):
         """Encode the visible patches only. Returns (tokens (B, prefix + L_keep, D), mask, ids_restore)."""
-        vit = self.backbone
-        x = vit.patch_embed(imgs)                       # (B, L, D)
-        if x.dim() == 4:                                # NHWC output formats
-            x = x.flatten(1, 2)
-        b, length, d = x.shape
-        prefix = []
-        if vit.cls_token is not None:
-            prefix.append(vit.cls_token.expand(b, -1, -1))
-        if getattr(vit, "reg_token", None) is not None:
-            prefix.append(vit.reg_token.expand(b, -1, -1))
-        if vit.pos_embed is not None:
-            if vit.no_embed_class:
-                x = x + vit.pos_embed
-            else:
-                x = x + vit.pos_embed[:, self.num_prefix:]
-                if prefix:
-                    prefix = [torch.cat(prefix, dim=1) + vit.pos_embed[:, : self.num_prefix]]
-        ids_keep, mask, ids_restore = random_masking(b, length, mask_ratio, generator, imgs.device)
-        x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, d))
-        if prefix:
-            x = torch.cat(prefix + [x], dim=1)
-        x = vit.pos_drop(x)
-        x = vit.norm_pre(x)
-        x = vit.blocks(x)
-        return self._final_norm(x), mask, ids_restore
+        latent, _, mask, ids_restore = encode_visible(self.backbone, imgs, mask_ratio, generator)
+        return latent, mask, ids_restore
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Tokens of the visible patches -> per-patch pixel predictions (B, L, p*p*C)."""
-        x = self.decoder_embed(x)
-        npf = self.num_prefix
-        b, length = ids_restore.shape
-        n_mask = length - (x.shape[1] - npf)
-        patches = torch.cat([x[:, npf:], self.mask_token.to(x.dtype).expand(b, n_mask, -1)], dim=1)
-        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
-        x = torch.cat([x[:, :npf], patches], dim=1) + self.decoder_pos_embed.to(x.dtype)
-        for blk in self.decoder_blocks:
-            x = blk(x)
-        x = self.decoder_norm(x)
-        return self.decoder_pred(x)[:, npf:]
+        return self.decoder_pred(decode(x, ids_restore, self.num_prefix, self.decoder_embed, self.mask_token,
+                                        self.decoder_pos_embed, self.decoder_blocks, self.decoder_norm))
 
     def training_step(self, batch, step):
         imgs = batch.views.images[0]
@@ -230,10 +202,4 @@ class MAE(Method):
 
     def param_groups(self) -> list[dict]:
         """No weight decay on biases, norms, position embeddings, [CLS] and mask tokens (paper)."""
-        decay, no_decay = [], []
-        for n, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            skip = p.ndim <= 1 or n.endswith(("pos_embed", "cls_token", "reg_token", "mask_token"))
-            (no_decay if skip else decay).append(p)
-        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+        return no_decay_groups(self)

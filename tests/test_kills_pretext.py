@@ -39,10 +39,17 @@ def _step(path):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    kill_then_resume(tmp_path, PRETEXT, run_cfg)
+
+
+def kill_then_resume(tmp_path, names, make_cfg):
+    """Start one process per method in ``names`` (configs from ``make_cfg(name, steps=..., ...)``), SIGKILL
+    each after its step-2 checkpoint, resume it here and compare with an uninterrupted run here."""
     from harness.train.config import to_dict
 
+    PRETEXT = list(names)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
-    cfgs = {n: run_cfg(n, steps=STEPS, train__checkpoint_every_steps=1) for n in PRETEXT}
+    cfgs = {n: make_cfg(n, steps=STEPS, train__checkpoint_every_steps=1) for n in PRETEXT}
     procs = {n: subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(to_dict(cfgs[n])), str(tmp_path / n),
                                   str(torch.get_num_threads())], env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE)

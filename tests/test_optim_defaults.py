@@ -20,6 +20,8 @@ SHAPE = {
     "cpc_v2": {"method_cfg.patch_size": 0, "method_cfg.patch_stride": 0, "method_cfg.pred_steps": 1},
     "moco": {"method_cfg.queue_size": 64}, "moco_v2": {"method_cfg.queue_size": 64},
     "mp3": {"backbone": "vit_mini_p4"},
+    "deepmim": {"backbone": "vit_mini_p4"}, "localmim": {"backbone": "vit_mini_p4"},
+    "simmim": {"backbone": "vit_mini_p4", "method_cfg.mask_patch": 8},
     "exemplar_cnn": {"method_cfg.num_classes": 32, "method_cfg.patch_size": 12},
     "context_prediction": {"method_cfg.view_size": 48},
     "jigsaw": {"method_cfg.view_size": 32, "method_cfg.num_permutations": 20, "method_cfg.head_hidden": 64},

@@ -59,7 +59,7 @@ def ab_gamut_bins(grid: float = 10.0) -> torch.Tensor:
     A bin is the square cell of side ``grid`` around its centre; it is in gamut when some sRGB colour
     (any lightness) has its ab in the cell. The ab projection of the sRGB solid is the projection
     of its surface, so the six faces of the RGB cube, sampled at 8-bit resolution (6 x 256^2
-    colours), decide it. With ``grid=10`` this gives Q = 262 bins (our computation; the authors
+    colours), decide it. With ``grid=10`` this gives Q = 261 bins (our computation; the authors
     released a 313-bin table computed by a procedure the paper does not state, whose extra bins
     reach beyond the sRGB gamut, e.g. a = -90 at b = 50)."""
     v = torch.linspace(0, 1, 256, dtype=torch.float64)

@@ -14,6 +14,7 @@ device, seeded by the step's generator (no per-image Python loops).
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +107,6 @@ def hamming_permutations(n: int, k: int = 9, seed: int = 0) -> torch.Tensor:
     distance), then uniformly at random with ``seed``. The first permutation is drawn at random.
     Deterministic in (n, k, seed); the set is saved with a checkpoint.
     """
-    import math
 
     if k < 2 or n < 1 or n > math.factorial(k):
         raise ConfigError(f"cannot choose {n} distinct permutations of {k} tiles (at most {math.factorial(k)})")
@@ -164,3 +164,50 @@ def crop_at(x: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, p: int) -> torc
     xs = (x0.view(b, 1) + r).view(b, 1, p)
     bi = torch.arange(b, device=x.device).view(b, 1, 1)
     return x[bi, :, ys, xs].permute(0, 3, 1, 2).contiguous()
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C), non-overlapping p x p patches in row-major order, pixels as (p, p, C)."""
+    b, c, h, w = imgs.shape
+    if h % p or w % p:
+        raise ConfigError(f"image size {h}x{w} is not divisible by the patch size {p}")
+    x = imgs.reshape(b, c, h // p, p, w // p, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, p: int, channels: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: (B, L, p*p*C) -> (B, C, H, W)."""
+    b = x.shape[0]
+    x = x.reshape(b, h // p, w // p, p, p, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(b, channels, h, w)
+
+
+def hog_cells(x: torch.Tensor, cell: int, bins: int = 9) -> torch.Tensor:
+    """Histograms of oriented gradients per ``cell`` x ``cell`` cell, per channel: (B, C, H, W) ->
+    (B, C * bins, H / cell, W / cell) (LocalMIM's HOG target, after MaskFeat).
+
+    Sobel gradients (reflect padding) of each channel; each pixel votes its gradient magnitude into
+    one of ``bins`` unsigned-orientation bins (hard assignment: floor(atan2(gy, gx) / pi * bins) mod
+    bins); votes are averaged over the cell and each cell's histogram is L2-normalised."""
+    b, c, h, w = x.shape
+    if h % cell or w % cell:
+        raise ConfigError(f"HOG cells of {cell} px do not tile a {h}x{w} image")
+    with torch.autocast(x.device.type, enabled=False):      # a target: computed in float32 under any precision
+        return _hog(x.float(), cell, bins)
+
+
+def _hog(x: torch.Tensor, cell: int, bins: int) -> torch.Tensor:
+    b, c, h, w = x.shape
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=x.device, dtype=x.dtype)
+    k = torch.stack([kx, kx.t()]).unsqueeze(1).repeat(c, 1, 1, 1)          # (2C, 1, 3, 3): gx, gy per channel
+    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=c).view(b, c, 2, h, w)
+    gx, gy = g[:, :, 0], g[:, :, 1]
+    mag = torch.sqrt(gx ** 2 + gy ** 2)
+    phase = torch.atan2(gy, gx) / math.pi * bins                            # in [-bins, bins]
+    idx = torch.floor(phase).long() % bins
+    votes = torch.zeros(b, c, bins, h, w, device=x.device, dtype=x.dtype).scatter_(2, idx.unsqueeze(2), mag.unsqueeze(2))
+    hist = F.avg_pool2d(votes.view(b, c * bins, h, w), cell)
+    hist = F.normalize(hist.view(b, c, bins, h // cell, w // cell), dim=2)
+    return hist.view(b, c * bins, h // cell, w // cell)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from evals.evaluate import evaluate
+from evals.features import scored_encoder
 from harness.core.config import flatten
 from harness.core.device import apply_threads, resolve_device
 from harness.core.errors import CheckpointError
@@ -34,9 +35,12 @@ def eval_params(cfg: RunConfig) -> dict[str, Any]:
     return {f"eval.{k}": v for k, v in flatten(cfg.eval).items()}
 
 
-def evaluate_encoder(encoder: torch.nn.Module, ds: ImageDataset, cfg: RunConfig, device: torch.device) -> dict[str, float]:
+def evaluate_encoder(encoder: torch.nn.Module, ds: ImageDataset, cfg: RunConfig, device: torch.device,
+                     projector: torch.nn.Module | None = None) -> dict[str, float]:
+    """Score ``encoder`` (or what ``eval.features`` reads from it, or ``projector``) with the shared evaluator."""
     cache = Path(cfg.out_dir) / "feature-cache"
-    return evaluate(encoder, ds, cfg.eval, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress)
+    module = scored_encoder(encoder, projector, cfg.eval.features)
+    return evaluate(module, ds, cfg.eval, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress)
 
 
 def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None:
@@ -89,7 +93,7 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
     # the record beside the checkpoint, unless the user sends this evaluation to another experiment
     run_id = _recorded_run_id(p.parent / "run.json") if cfg.tracking.experiment == tcfg.tracking.experiment else None
     encoder = method.encoder().to(device)
-    metrics = evaluate_encoder(encoder, ds, cfg, device)
+    metrics = evaluate_encoder(encoder, ds, cfg, device, method.projector())
     params = {**flatten(cfg), "data.fingerprint": ds.fingerprint(),
               **method_config_params(method)}
     knobs = {k: v for k, v in metrics.items() if k.startswith("eval/") and not k.startswith("eval/time/")
@@ -136,6 +140,7 @@ def random_init(cfg: RunConfig, backbone: str, dataset: ImageDataset | None = No
     name = run_name(cfg, ds)
     torch.manual_seed(cfg.seed)
     encoder = build_backbone(backbone, ds.channels, ds.image_size).to(device)   # an unknown name fails before any write
+    scored_encoder(encoder, None, cfg.eval.features)                           # so does a feature kind it cannot give
     try:
         with RunDir(run_dir(cfg, ds)) as folder:
             return _random_init(cfg, encoder, ds, name, folder.path, device, resume)

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from evals.evaluate import check_fits
+from evals.features import scored_encoder
 from harness.core import distributed as dist
 from harness.core.config import flatten
 from harness.core.device import apply_threads, resolve_device
@@ -49,6 +50,8 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
     name = run_name(cfg, ds)
     folder = run_dir(cfg, ds)
     trainer = Trainer(cfg, ds, folder)          # validates method, backbone, budget and data before anything is written
+    if evaluate:                                # eval.features the method or backbone cannot give: refused now
+        scored_encoder(trainer.method.encoder(), trainer.method.projector(), cfg.eval.features)
     if not dist.is_main():                      # rank 0 owns the folder and the record
         return _train(cfg, ds, trainer, name, device, resume, evaluate)
     try:
@@ -118,7 +121,7 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
             log(f"{cfg.method}: {note}")
         metrics: dict[str, float] = {}
         if evaluate:
-            metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device)
+            metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device, trainer.method.projector())
             log_eval(run, metrics, cfg)
         run.end("FINISHED")
     state.update({"evaluated": evaluate, "checkpoint": str(result.checkpoint), "metrics": metrics})

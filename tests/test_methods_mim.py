@@ -1,0 +1,233 @@
+"""Masked image modelling (issue 16): SimMIM, DeepMIM, LocalMIM and the shared pieces they stand on
+(masks, the ViT token helpers, HOG cells, pooled-token features), each against a hand-computed case."""
+
+import math
+
+import pytest
+import torch
+
+from evals.features import TokenFeatures, scored_encoder
+from harness.core.errors import ConfigError
+from harness.data.masking import block_mask, random_mask, upsample_mask
+from harness.data.sources import synthetic
+from harness.data.tiles import hog_cells
+from harness.models.backbones import build_backbone
+from harness.models.vit import input_tokens, run_blocks
+from harness.train.config import resolve
+from harness.train.trainer import Trainer
+from methods.deepmim import taps_of
+from methods.localmim import local_loss, mask_at_scale, scale_head
+from methods.losses import simmim_loss
+from methods.mae import encode_visible
+
+# small settings for the 16-px synthetic images (vit_mini_p4: a 4x4 grid of 4-px patches)
+SMALL = {
+    "simmim": {"backbone": "vit_mini_p4", "method_cfg.mask_patch": 8},
+    "deepmim": {"backbone": "vit_mini_p4", "method_cfg.decoder_dim": 32, "method_cfg.decoder_depth": 1,
+                "method_cfg.decoder_heads": 4},
+    "localmim": {"backbone": "vit_mini_p4", "method_cfg.decoder_dim": 32, "method_cfg.decoder_heads": 4},
+}
+MIM = sorted(SMALL)
+
+
+def run_cfg(name, steps=4, **extra):
+    over = {"method": name, "data.name": "synthetic", "budget.kind": "steps", "budget.value": steps,
+            "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32", **SMALL[name]}
+    over.update({k.replace("__", "."): v for k, v in extra.items()})
+    return resolve(over)
+
+
+# ---------------------------------------------------------------------------- masks
+def test_block_mask_with_square_blocks_of_four_is_one_2x2_block():
+    # area U(4, 4) = 4 and aspect exp(0) = 1 -> h = w = 2: every mask is exactly one 2x2 square
+    m = block_mask(64, 4, 4, 4, torch.Generator().manual_seed(0), min_block=4, max_block=4, min_aspect=1.0).view(64, 4, 4)
+    assert (m.sum((1, 2)) == 4).all()
+    for grid in m:
+        rows, cols = grid.nonzero(as_tuple=True)
+        assert rows.max() - rows.min() == 1 and cols.max() - cols.min() == 1
+
+
+def test_block_mask_statistics():
+    # BEiT at 8x8: 40% = 25 patches, blocks of >= 4: never above the target, close to it on average,
+    # and blocky: a masked patch's right neighbour is masked far more often than under random masking
+    g = torch.Generator().manual_seed(1)
+    m = block_mask(512, 8, 8, 25, g, min_block=4).view(512, 8, 8)
+    counts = m.sum((1, 2)).float()
+    assert counts.max() <= 25 and counts.mean() >= 0.9 * 25
+    r = random_mask(512, 64, 25 / 64, torch.Generator().manual_seed(1)).view(512, 8, 8)
+
+    def right_neighbour_rate(x):
+        both = (x[:, :, :-1] & x[:, :, 1:]).sum().float()
+        return (both / x[:, :, :-1].sum()).item()
+
+    assert right_neighbour_rate(m) > right_neighbour_rate(r) + 0.25
+    # same generator state -> same masks (a resumed run masks the same patches)
+    assert torch.equal(block_mask(4, 8, 8, 25, torch.Generator().manual_seed(3)),
+                       block_mask(4, 8, 8, 25, torch.Generator().manual_seed(3)))
+
+
+def test_random_mask_count_and_upsampling_layout():
+    m = random_mask(10, 16, 0.6, torch.Generator().manual_seed(0))
+    assert (m.sum(1) == math.ceil(16 * 0.6)).all()              # SimMIM: ceil(L * ratio)
+    coarse = torch.tensor([[1, 0, 0, 1]], dtype=torch.bool)     # 2x2 grid: top-left, bottom-right
+    fine = upsample_mask(coarse, 2, 2, 2).view(4, 4).int()
+    assert fine.tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    with pytest.raises(ConfigError, match="at least one"):
+        random_mask(1, 4, 0.99, torch.Generator())
+
+
+# ---------------------------------------------------------------------------- SimMIM
+def test_simmim_loss_is_l1_on_masked_pixels_only():
+    target = torch.zeros(1, 3, 2, 2)
+    target[0, :, 0, 0] = torch.tensor([1.0, 2.0, 3.0])           # the one masked pixel
+    target[0, :, 1, 1] = 100.0                                  # unmasked: must not count
+    mask = torch.zeros(1, 1, 2, 2)
+    mask[0, 0, 0, 0] = 1
+    pred = torch.zeros(1, 3, 2, 2)
+    # sum |x_hat - x| over the masked pixel = 6, / (1 masked pixel) / 3 channels = 2
+    assert simmim_loss(pred, target, mask).item() == pytest.approx(2.0 / (1 + 1e-5))
+
+
+def test_mask_tokens_replace_masked_patch_embeddings_before_positions():
+    vit = build_backbone("vit_mini_p4", 3, 16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 5] = True
+    tok = torch.randn(1, 1, vit.embed_dim)
+    got = input_tokens(vit, x, mask, tok)
+    npf = vit.num_prefix_tokens
+    # a masked position holds mask token + its position embedding; the others equal timm's own sequence
+    pe = vit.pos_embed[0, npf + 5]
+    assert torch.allclose(got[:, npf + 5], (tok[0, 0] + pe).expand(2, -1), atol=1e-6)
+    ref = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+    keep = [i for i in range(npf + 16) if i != npf + 5]
+    assert torch.allclose(got[:, keep], ref[:, keep], atol=1e-6)
+
+
+def test_simmim_gets_no_gradient_from_visible_pixels():
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    m = Trainer(run_cfg("simmim"), ds, "unused").method
+    x = torch.randn(4, 3, 16, 16)
+    coarse = random_mask(4, 4, 0.6, torch.Generator().manual_seed(0))
+    rec = m.head(m.features(x, coarse))
+    rec.retain_grad()
+    pix = upsample_mask(coarse, 2, 2, 8).view(4, 1, 16, 16)
+    simmim_loss(rec, x, pix).backward()
+    visible = ~pix.expand_as(rec)
+    assert rec.grad[visible].abs().max() == 0 and rec.grad[~visible].abs().max() > 0
+
+
+def test_simmim_runs_on_a_convnet_and_refuses_a_bad_mask_patch():
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    t = Trainer(run_cfg("simmim", backbone="cnn4"), ds, "unused")
+    assert t.method.stride == 16 // 2 and t.method.mask_token.shape == (1, 3, 1, 1)   # cnn4: a 2x2 map at 16 px
+    with pytest.raises(ConfigError, match="mask_patch=16"):
+        Trainer(run_cfg("simmim", method_cfg__mask_patch=16), ds, "unused")   # a 1x1 grid
+    with pytest.raises(ConfigError, match="multiple of the ViT"):
+        Trainer(run_cfg("simmim", method_cfg__mask_patch=2), ds, "unused")
+
+
+# ---------------------------------------------------------------------------- DeepMIM
+def test_deepmim_taps_are_the_papers_blocks():
+    assert taps_of([1 / 2, 2 / 3, 5 / 6], 12, "deepmim") == [6, 8, 10]    # ViT-B: blocks 6, 8, 10 (+ the last)
+    assert taps_of([1 / 2, 2 / 3, 5 / 6], 6, "deepmim") == [3, 4, 5]
+    with pytest.raises(ConfigError, match="blocks 1..5"):
+        taps_of([1.0], 6, "deepmim")                                          # the last block has MAE's decoder
+
+
+def test_encoder_taps_are_the_block_outputs_of_the_visible_tokens():
+    vit = build_backbone("vit_mini_p4", 3, 16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    last, taps, mask, ids_restore = encode_visible(vit, x, 0.75, torch.Generator().manual_seed(0), (2, 4))
+    ids_keep = ids_restore.argsort(1)[:, :4]
+    seq = input_tokens(vit, x)
+    h = torch.cat([seq[:, :1], torch.gather(seq[:, 1:], 1, ids_keep.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))], 1)
+    outs = []
+    for blk in vit.blocks:
+        h = blk(h)
+        outs.append(h)
+    assert torch.allclose(taps[0], outs[1], atol=1e-5) and torch.allclose(taps[1], outs[3], atol=1e-5)
+    assert torch.allclose(last, vit.fc_norm(outs[-1]), atol=1e-5)
+    assert mask.sum(1).tolist() == [12, 12]
+
+
+def test_deepmim_loss_is_the_sum_of_its_decoders():
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    t = Trainer(run_cfg("deepmim"), ds, "unused")
+    from harness.method.contract import Batch, StepInfo
+    from harness.data.views import Views
+
+    out = t.method.training_step(Batch(Views([torch.randn(4, 3, 16, 16)], None, None), torch.arange(4)),
+                                 StepInfo(0, 0.0, None, torch.Generator().manual_seed(0)))
+    parts = out["main_loss"] + sum(v for k, v in out.items() if k.startswith("loss_block"))
+    assert len(t.method.deep_decoders) == 3 and torch.allclose(out["loss"].detach(), parts)
+
+
+# ---------------------------------------------------------------------------- LocalMIM
+def test_hog_of_ramps_votes_into_the_gradient_orientation():
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 3, 8, 8)      # intensity grows along x: gx > 0, gy = 0
+    h = hog_cells(ramp, 4, 9).view(1, 3, 9, 2, 2)
+    assert torch.allclose(h[:, :, 0], torch.ones(1, 3, 2, 2)) and h[:, :, 1:].abs().max() == 0
+    # along y: atan2(gy, 0) = pi/2 -> floor(4.5) = bin 4
+    h = hog_cells(ramp.transpose(2, 3), 4, 9).view(1, 3, 9, 2, 2)
+    assert torch.allclose(h[:, :, 4], torch.ones(1, 3, 2, 2)) and h.sum() == pytest.approx(12.0)
+
+
+def test_localmim_masks_heads_and_loss_at_each_scale():
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0]])                           # 2x2 patch grid
+    assert mask_at_scale(mask, (2, 2), 2)[0, 0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    assert mask_at_scale(mask, (2, 2), 0.5).item() == 0.5               # averaged onto the coarser grid
+    z = torch.randn(2, 32, 4, 4)
+    assert [scale_head(32, s, 27)(z).shape[-1] for s in (4, 2, 1, 0.5)] == [16, 8, 4, 2]
+    pred, target = torch.zeros(1, 2, 1, 2), torch.tensor([[[[1.0, 3.0]], [[1.0, 3.0]]]])
+    # only the first location is masked: mean over channels of (0 - 1)^2 = 1
+    assert local_loss(pred, target, torch.tensor([[[[1.0, 0.0]]]])).item() == pytest.approx(1.0)
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    m = Trainer(run_cfg("localmim"), ds, "unused").method
+    assert m.taps == [1, 2, 5, 6] and m.cells == [1, 2, 4, 8]
+
+
+# ---------------------------------------------------------------------------- pooled-token features
+def test_pooled_token_features():
+    vit = build_backbone("vit_mini_p4", 3, 16).eval()
+    with torch.no_grad():
+        vit.fc_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        # our ViTs pool by averaging the patch tokens: mean_patch is the backbone's own output ...
+        assert torch.allclose(TokenFeatures(vit, "mean_patch")(x), vit(x), atol=1e-5)
+        # ... and cls is the [CLS] token through the same final norm
+        t = vit.forward_features(x)
+        assert torch.allclose(TokenFeatures(vit, "cls")(x), vit.fc_norm(t[:, 0]), atol=1e-5)
+    with pytest.raises(ConfigError, match="eval.features=backbone"):
+        scored_encoder(build_backbone("cnn4", 3, 16), None, "cls")
+    with pytest.raises(ConfigError, match="no projector"):
+        scored_encoder(vit, None, "projector")
+
+
+def test_eval_features_mismatch_is_refused_before_training(tmp_path):
+    from harness.run.pretrain import pretrain
+
+    cfg = resolve({"method": "rotnet", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
+                   "budget.value": 2, "train.progress": False, "eval.features": "cls", "out_dir": str(tmp_path),
+                   "tracking.uri": f"sqlite:///{tmp_path}/m.db"})
+    with pytest.raises(ConfigError, match="reads a ViT's tokens"):
+        pretrain(cfg)
+    assert not list(tmp_path.glob("**/checkpoint.pt"))
+
+
+# ---------------------------------------------------------------------------- every method: resume
+@pytest.mark.parametrize("name", MIM)
+def test_resume_equals_uninterrupted(name, tmp_path):
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    c = run_cfg(name, steps=4, train__checkpoint_every_steps=1)
+    full = Trainer(c, ds, tmp_path / "a")
+    full.fit()
+    part = Trainer(c, ds, tmp_path / "b")
+    part.fit(stop_after=2)
+    resumed = Trainer(c, ds, tmp_path / "b")
+    resumed.fit(resume=True)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    bad = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not bad, bad
