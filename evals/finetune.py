@@ -7,7 +7,8 @@ and a cosine LR schedule:
 
 * convnets: SGD (momentum 0.9, Nesterov), weight decay 5e-4;
 * ViTs: AdamW (0.9, 0.999), weight decay 0.05, layer-wise LR decay 0.75 (block i of L
-  gets lr * 0.75^(L - i); timm's ``param_groups_layer_decay``).
+  gets lr * 0.75^(L - i); timm's ``param_groups_layer_decay``); ConvMAE's hybrid backbone:
+  AdamW, weight decay 0.05, the ViT LR grid, no layer decay.
 
 The learning rate is chosen from a small grid on a stratified, seeded hold-out of the TRAIN
 split (the model never sees test labels during selection), then the model is refit on all
@@ -56,6 +57,11 @@ def _optimizer(model: _Classifier, lr: float):
             g["base_lr"] = lr * g.get("lr_scale", 1.0)
         groups.append({"params": list(model.head.parameters()), "weight_decay": 0.05, "base_lr": lr})
         return torch.optim.AdamW(groups, lr=lr)
+    if getattr(model.encoder, "is_hybrid_vit", False):       # ConvMAE's hybrid: AdamW, no layer decay
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05, "base_lr": lr},
+                                  {"params": no_decay, "weight_decay": 0.0, "base_lr": lr}], lr=lr)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     return torch.optim.SGD([{"params": decay, "weight_decay": 5e-4, "base_lr": lr},
@@ -146,7 +152,7 @@ def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     Returns (model, chosen lr, hold-out top-1 per lr, the labelled subset's indices)."""
     device = torch.device(device)
     precision = resolve_precision(precision, device)
-    lrs = tuple(lrs or (VIT_LRS if is_vit(encoder) else CONVNET_LRS))
+    lrs = tuple(lrs or (VIT_LRS if is_vit(encoder) or getattr(encoder, "is_hybrid_vit", False) else CONVNET_LRS))
     y_train = torch.as_tensor(y_train).long()
     sub = label_fraction_subset(y_train, label_fraction, seed)
     xs, ys = x_train[sub], y_train[sub]

@@ -107,7 +107,8 @@ def _finetune(ctx: Context) -> dict[str, Any]:
             label_fraction=frac, seed=ctx.seed, device=ctx.device, precision=ctx.precision, progress=ctx.progress,
             prefix=prefix), splits=())
     return {"eval/finetune_steps": c.finetune_steps, "eval/finetune_batch_size": c.finetune_batch_size,
-            "eval/finetune_lr_grid": ",".join(map(str, VIT_LRS if is_vit(ctx.encoder) else CONVNET_LRS))}
+            "eval/finetune_lr_grid": ",".join(map(str, VIT_LRS if is_vit(ctx.encoder) or
+                                                  getattr(ctx.encoder, "is_hybrid_vit", False) else CONVNET_LRS))}
 
 
 def _semisup(ctx: Context) -> dict[str, Any]:

@@ -49,7 +49,7 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.models.backbones": ("check_input_size", "feature_map", "has_feature_map", "is_convnet", "is_vit"),
     "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
     "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
-    "harness.models.vit": ("final_norm", "input_tokens", "run_blocks", "sincos_pos_embed_2d", "token_grid"),
+    "harness.models.vit": ("final_norm", "input_tokens", "output_tokens", "run_blocks", "sincos_pos_embed_2d", "token_grid"),
 }
 
 

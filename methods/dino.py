@@ -90,7 +90,7 @@ class DINO(Method):
 
     def __init__(self, backbone, cfg: DINOConfig, info):
         super().__init__(backbone, cfg, info)
-        self.multi_crop = MultiCrop("dino", backbone, info.image_size, cfg)
+        self.multi_crop = MultiCrop(type(self).name or "dino", backbone, info.image_size, cfg)
         self.head = DINOHead(backbone.num_features, cfg.out_dim, cfg.head_hidden, cfg.head_bottleneck,
                              cfg.head_layers, cfg.head_bn, cfg.norm_last_layer)
         self.teacher = EMATeacher(self._student())

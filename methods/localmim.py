@@ -104,24 +104,26 @@ class LocalMIM(Method):
         self.patch = vit.patch_embed.patch_size[0]
         self.grid = tuple(vit.patch_embed.grid_size)
         depth = len(vit.blocks)
-        self.taps = taps_of(cfg.tap_fractions, depth, "localmim", allow_last=True)
+        pairs = sorted(zip(cfg.tap_fractions, cfg.scales))             # each tap keeps its own scale
+        self.scales = [s for _, s in pairs]
+        self.taps = taps_of([f for f, _ in pairs], depth, "localmim", allow_last=True)
         if len(self.taps) != len(cfg.scales):
             raise ConfigError(f"localmim: tap fractions {cfg.tap_fractions} give blocks {self.taps} of a {depth}-block "
                               f"ViT (fewer distinct blocks than the {len(cfg.scales)} scales); choose distinct blocks")
-        for s in cfg.scales:
+        for s in self.scales:
             cell = self.patch / s
             if cell < 1 or not float(cell).is_integer() or info.image_size % int(cell):
                 raise ConfigError(f"localmim: scale {s} with {self.patch}-px patches gives {cell}-px HOG cells on "
                                   f"{info.image_size}-px images; choose scales that give whole cells dividing the image")
         if cfg.fixed_pos_embed:
             fix_sincos_pos_embed(vit)
-        self.cells = [int(self.patch / s) for s in cfg.scales]
+        self.cells = [int(self.patch / s) for s in self.scales]
         hog = info.channels * cfg.hog_bins
         self.tap_norms = nn.ModuleList([nn.LayerNorm(vit.embed_dim, eps=1e-6) if t < depth else nn.Identity()
                                         for t in self.taps])
         self.decoders = nn.ModuleList([MAEDecoder(vit.embed_dim, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads,
                                                   self.grid, vit.num_prefix_tokens, None) for _ in self.taps])
-        self.heads = nn.ModuleList([scale_head(cfg.decoder_dim, s, hog) for s in cfg.scales])
+        self.heads = nn.ModuleList([scale_head(cfg.decoder_dim, s, hog) for s in self.scales])
 
     def view_recipe(self, info):
         return ViewRecipe.light(info.image_size, scale=(self.cfg.crop_min_scale, 1.0))
@@ -134,7 +136,7 @@ class LocalMIM(Method):
         loss = 0.0
         out = {}
         for tap, z, norm, dec, head, s, cell in zip(self.taps, taps, self.tap_norms, self.decoders, self.heads,
-                                                    self.cfg.scales, self.cells):
+                                                    self.scales, self.cells):
             z = last if tap == depth else norm(z)         # the last block: the encoder's final norm (already applied)
             pred = head(token_grid(dec(z, ids_restore), self.grid))
             with torch.no_grad():

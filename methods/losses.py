@@ -450,3 +450,17 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tens
         m = m.unsqueeze(1)
     l1 = (pred.float() - target.float()).abs()
     return (l1 * m).sum() / (m.sum() + eps) / pred.shape[1]
+
+
+def ibot_patch_loss(teacher_probs: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor,
+                    student_temperature: float = 0.1) -> torch.Tensor:
+    """iBOT's masked-patch self-distillation (Zhou et al., 2022, eq. 2), for one global crop:
+
+        L = mean_b [ sum_{i masked in b} -sum_k P_t(u_i)_k log P_s(u^_i)_k / max(1, #masked in b) ]
+
+    ``teacher_probs`` (B, L, K): the teacher's centred, sharpened patch distributions of the
+    un-masked view; ``student_logits`` (B, L, K): the student's patch outputs of the masked view;
+    ``mask`` (B, L), 1 where the student's patch was masked. Images without masked patches add 0."""
+    ce = -(teacher_probs * F.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)   # (B, L)
+    m = mask.float()
+    return ((ce * m).sum(1) / m.sum(1).clamp(min=1.0)).mean()

@@ -71,8 +71,11 @@ class SimMIM(Method):
             dim = backbone.embed_dim
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         else:
+            was = backbone.training
+            backbone.eval()                          # a shape probe: BatchNorm statistics stay untouched
             with torch.no_grad():
-                probe = feature_map(backbone, torch.zeros(1, info.channels, size, size))
+                probe = feature_map(backbone, torch.zeros(2, info.channels, size, size))
+            backbone.train(was)
             dim, h = probe.shape[1], probe.shape[-1]
             if size % h:
                 raise ConfigError(f"simmim: a {h}x{h} feature map does not tile {size}-px images")

@@ -22,6 +22,14 @@ from methods.mae import encode_visible
 
 # small settings for the 16-px synthetic images (vit_mini_p4: a 4x4 grid of 4-px patches)
 SMALL = {
+    "ibot": {"backbone": "vit_mini_p4", "method_cfg.out_dim": 64, "method_cfg.head_hidden": 32,
+             "method_cfg.head_bottleneck": 16, "method_cfg.n_local": 2, "method_cfg.local_size": 8},
+    "qb_heat": {"backbone": "vit_mini_p4", "method_cfg.decoder_dim": 32, "method_cfg.decoder_depth": 1,
+                "method_cfg.decoder_heads": 4},
+    "convmae": {"backbone": "convvit_mini", "method_cfg.decoder_dim": 32, "method_cfg.decoder_depth": 1,
+                "method_cfg.decoder_heads": 4},
+    "beit": {"backbone": "vit_mini_p4", "method_cfg.codebook_size": 64, "method_cfg.min_block": 2,
+             "method_cfg.tokenizer_width": 16, "method_cfg.tokenizer_fraction": 0.5},
     "simmim": {"backbone": "vit_mini_p4", "method_cfg.mask_patch": 8},
     "deepmim": {"backbone": "vit_mini_p4", "method_cfg.decoder_dim": 32, "method_cfg.decoder_depth": 1,
                 "method_cfg.decoder_heads": 4},
@@ -187,6 +195,130 @@ def test_localmim_masks_heads_and_loss_at_each_scale():
     assert m.taps == [1, 2, 5, 6] and m.cells == [1, 2, 4, 8]
 
 
+# ---------------------------------------------------------------------------- BEiT
+def test_tokenizer_assigns_each_patch_its_nearest_code():
+    from harness.models.tokenizer import VQTokenizer, nearest_code
+
+    codebook = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    z = torch.tensor([[0.1, 0.1], [0.9, -0.2], [0.2, 1.2], [0.5, 0.0]])
+    # squared distances to (0,0), (1,0), (0,2): row 3 ties 0.25 / 0.25 -> the lower index
+    assert nearest_code(z, codebook).tolist() == [0, 1, 2, 0]
+    tok = VQTokenizer(3, 4, codes=3, code_dim=2, width=8)
+    with torch.no_grad():
+        tok.codebook.weight.copy_(codebook)
+    z_e = torch.tensor([[0.9, -0.2], [0.2, 1.2], [0.1, 0.1], [0.0, 3.0]]).t().reshape(1, 2, 2, 2)
+    ids, z_q = tok.quantize(z_e)
+    assert ids.tolist() == [[1, 2, 0, 2]] and torch.equal(z_q[0, :, 0, 0], codebook[1])
+
+
+def test_beit_trains_its_tokenizer_first_then_freezes_it(tmp_path):
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    c = run_cfg("beit", steps=6, train__checkpoint_every_steps=1)
+    t = Trainer(c, ds, tmp_path / "a")
+    t.fit(stop_after=3)                          # stage 1: steps 0-2 (progress < 0.5)
+    tok_after_stage1 = {k: v.clone() for k, v in t.method.tokenizer.state_dict().items()}
+    vit_before = {k: v.clone() for k, v in t.method.backbone.state_dict().items()}
+    resumed = Trainer(c, ds, tmp_path / "a")
+    resumed.fit(resume=True)                     # stage 2: the tokenizer is frozen, the ViT learns
+    tok = resumed.method.tokenizer.state_dict()
+    assert all(torch.equal(tok[k], v) for k, v in tok_after_stage1.items())
+    vit = resumed.method.backbone.state_dict()
+    assert any(not torch.equal(vit[k], v) for k, v in vit_before.items() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------- iBOT
+def test_ibot_patch_loss_on_a_hand_case():
+    from methods.losses import ibot_patch_loss
+
+    t = torch.tensor([[[1.0, 0.0], [0.5, 0.5]]])              # teacher distributions of 2 patches
+    s = torch.zeros(1, 2, 2)                                   # student logits: uniform -> log p = log 1/2
+    # only patch 0 masked: -(1 * log 1/2) / 1 = ln 2; patch 1 (unmasked) must not count
+    assert ibot_patch_loss(t, s, torch.tensor([[1, 0]])).item() == pytest.approx(math.log(2))
+    # an image without masked patches adds 0 to the batch mean
+    t2, s2 = torch.cat([t, t]), torch.cat([s, s])
+    assert ibot_patch_loss(t2, s2, torch.tensor([[1, 0], [0, 0]])).item() == pytest.approx(math.log(2) / 2)
+
+
+def test_ibot_masks_about_half_the_crops_with_ratios_in_range():
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    m = Trainer(run_cfg("ibot"), ds, "unused").method
+    masks = m.masks(400, (8, 8), torch.Generator().manual_seed(0), "cpu")
+    frac = masks.float().mean(1)
+    masked = frac > 0
+    assert 0.4 < masked.float().mean() < 0.6                  # mask_prob 0.5
+    assert frac[masked].max() <= 0.5 + 1e-6 and frac[masked].mean() > 0.2
+
+
+def test_ibot_step_adds_its_two_losses_and_keeps_two_centres():
+    from harness.data.views import Views
+    from harness.method.contract import Batch, StepInfo
+
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    m = Trainer(run_cfg("ibot"), ds, "unused").method
+    views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)]
+    out = m.training_step(Batch(Views(views, None, None), torch.arange(4)),
+                          StepInfo(0, 0.5, None, torch.Generator().manual_seed(0)))
+    assert torch.allclose(out["loss"].detach(), out["loss_cls"] + out["loss_patch"])
+    m.on_step_end(StepInfo(0, 0.5, None, torch.Generator()))
+    assert m.patch_centering.center.abs().sum() > 0 and m.centering.center.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------- QB-Heat
+def test_heat_equation_steps_on_a_2x2_grid():
+    from methods.qb_heat import heat_extrapolate
+
+    z0 = torch.tensor([1.0, 2.0])
+    a = torch.tensor([[0.0, 1.0], [0.0, 0.0]])                 # (I + A) z = (z1 + z2, z2)
+    b = torch.tensor([[0.0, 0.0], [0.5, 0.0]])                 # (I + B) z = (z1, z2 + z1 / 2)
+    z = heat_extrapolate(z0.view(1, 1, 1, 2), a, b, (2, 2))[0]  # (H, W, D)
+    assert z[0, 0].tolist() == [1.0, 2.0]
+    assert z[0, 1].tolist() == [3.0, 2.0]                      # z(x + 1, y) = (I + A) z(x, y)
+    assert z[1, 0].tolist() == [1.0, 2.5]                      # z(x, y + 1) = (I + B) z(x, y)
+    assert z[1, 1].tolist() == [3.0, 3.5]                      # (I + B)(I + A) z0
+
+
+def test_qb_heat_encodes_only_the_quarter_block():
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    m = Trainer(run_cfg("qb_heat"), ds, "unused").method
+    assert m.quarter_ids.tolist() == [0, 1, 4, 5]              # top-left 2x2 of the 4x4 grid
+    assert m.outside.sum() == 12
+    x = torch.randn(2, 3, 16, 16)
+    y = x.clone()
+    y[:, :, 8:, :] += 5.0                                      # change only the bottom half
+    from harness.data.views import Views
+    from harness.method.contract import Batch, StepInfo
+
+    with torch.no_grad():
+        assert torch.allclose(m.predict(x), m.predict(y), atol=1e-6)   # the whole prediction comes from the quarter
+        y[:, :, :8, :8] += 1.0
+        assert not torch.allclose(m.predict(x), m.predict(y), atol=1e-4)
+    out = m.training_step(Batch(Views([x], None, None), torch.arange(2)),
+                          StepInfo(0, 0.0, None, torch.Generator()))
+    assert math.isfinite(out["loss"].item())
+
+
+# ---------------------------------------------------------------------------- ConvMAE
+def test_convmae_masked_convolution_never_sees_masked_pixels():
+    net = build_backbone("convvit_mini", 3, 16).eval()
+    assert net.grid == (4, 4) and net.patch_size == 4
+    mask = torch.zeros(1, 16)
+    mask[0, [0, 5, 10, 15]] = 1                                # the diagonal tokens (4x4 px each) masked
+    keep = torch.tensor([[i for i in range(16) if mask[0, i] == 0]])
+    x = torch.randn(1, 3, 16, 16)
+    y = x.clone()
+    for i in (0, 5, 10, 15):
+        r, c = divmod(i, 4)
+        y[:, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = torch.randn(3, 4, 4) * 10
+    with torch.no_grad():
+        a, b = net.tokens(x, mask, keep), net.tokens(y, mask, keep)
+        assert torch.allclose(a, b, atol=1e-5)                 # visible tokens: independent of masked pixels
+        a, b = net.tokens(x), net.tokens(y)
+        assert not torch.allclose(a, b, atol=1e-3)             # without the mask, they would see them
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    with pytest.raises(ConfigError, match="convvit_mini"):
+        Trainer(run_cfg("convmae", backbone="vit_mini_p4"), ds, "unused")
+
+
 # ---------------------------------------------------------------------------- pooled-token features
 def test_pooled_token_features():
     vit = build_backbone("vit_mini_p4", 3, 16).eval()
@@ -231,3 +363,93 @@ def test_resume_equals_uninterrupted(name, tmp_path):
     assert a.keys() == b.keys()
     bad = [k for k in a if not torch.equal(a[k], b[k])]
     assert not bad, bad
+
+
+# ---------------------------------------------------------------------------- Feature Distillation
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Two finished teacher checkpoints of different methods: MAE on a ViT and RotNet on cnn4."""
+    root = tmp_path_factory.mktemp("teachers")
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    out = {}
+    for name, over in (("mae", {"backbone": "vit_mini_p4", "method_cfg.decoder_dim": 32, "method_cfg.decoder_depth": 1,
+                                 "method_cfg.decoder_heads": 4}), ("rotnet", {"backbone": "cnn4"})):
+        cfg = resolve({"method": name, "data.name": "synthetic", "budget.kind": "steps", "budget.value": 2,
+                       "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32", **over})
+        out[name] = str(Trainer(cfg, ds, root / name).fit().checkpoint)
+    return out
+
+
+def fd_cfg(teacher, steps=4, **extra):
+    over = {"method": "feature_distillation", "backbone": "vit_mini_p4", "data.name": "synthetic",
+            "budget.kind": "steps", "budget.value": steps, "optim.batch_size": 32, "train.progress": False,
+            "train.precision": "fp32", "method_cfg.teacher": teacher}
+    over.update({k.replace("__", "."): v for k, v in extra.items()})
+    return resolve(over)
+
+
+def test_whitening_is_a_non_parametric_layer_norm_per_location():
+    from methods.feature_distillation import whiten
+
+    fmap = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1)
+    # mean 2, biased variance 2/3: (x - 2) / sqrt(2/3 + 1e-5)
+    expect = (torch.tensor([-1.0, 0.0, 1.0]) / math.sqrt(2 / 3 + 1e-5)).view(1, 3, 1, 1)
+    assert torch.allclose(whiten(fmap), expect, atol=1e-6)
+
+
+def test_feature_distillation_names_its_teacher_and_records_differ_by_teacher(teachers):
+    from harness.core.identity import identity
+    from harness.core.config import flatten
+
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    ids = {}
+    for name, path in teachers.items():
+        t = Trainer(fd_cfg(path), ds, "unused")
+        p = t.run_params()
+        assert p["teacher.method"] == name and len(p["teacher.sha256"]) == 64
+        ids[name] = identity({**flatten(t.cfg), **p})[0]
+        # the teacher is frozen and outside the student's checkpoint
+        assert not any(k.startswith(("_teacher", "teacher")) for k in t.method.state_dict())
+    assert ids["mae"] != ids["rotnet"]
+    res = Trainer(fd_cfg(teachers["rotnet"]), ds, "unused").fit()       # a convnet teacher's map, resized
+    assert math.isfinite(res.final_loss)
+    with pytest.raises(ConfigError, match="teacher"):
+        Trainer(fd_cfg(""), ds, "unused")
+    from harness.core.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="not found"):
+        Trainer(fd_cfg("/nonexistent/checkpoint.pt"), ds, "unused")
+
+
+def test_feature_distillation_resumes_and_its_checkpoint_evaluates_without_the_teacher(teachers, tmp_path):
+    from harness.train.build import load_trained_method
+
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    c = fd_cfg(teachers["mae"], steps=4, train__checkpoint_every_steps=1)
+    full = Trainer(c, ds, tmp_path / "a")
+    full.fit()
+    Trainer(c, ds, tmp_path / "b").fit(stop_after=2)
+    resumed = Trainer(c, ds, tmp_path / "b")
+    res = resumed.fit(resume=True)
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    method, _, _ = load_trained_method(res.checkpoint)          # no teacher needed to score the student
+    assert torch.equal(method.encoder().state_dict()["pos_embed"], b["backbone.pos_embed"])
+
+
+def test_feature_distillation_refuses_unfinished_or_changed_teachers(teachers, tmp_path):
+    from harness.core.errors import CheckpointError
+    from harness.run.pretrain import resolve_run_references
+
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    cfg = resolve({"method": "rotnet", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
+                   "budget.value": 4, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32",
+                   "train.checkpoint_every_steps": 1})
+    Trainer(cfg, ds, tmp_path / "half").fit(stop_after=2)
+    with pytest.raises(CheckpointError, match="unfinished"):
+        Trainer(fd_cfg(str(tmp_path / "half" / "checkpoint.pt")), ds, "unused")
+    # the run layer pins the teacher file's hash in the config; another file under that hash is refused
+    pinned = resolve_run_references(fd_cfg(teachers["mae"]))
+    assert len(pinned.method_cfg["teacher_sha256"]) == 64
+    moved = dict(pinned.method_cfg, teacher=teachers["rotnet"])
+    with pytest.raises(CheckpointError, match="changed since"):
+        Trainer(fd_cfg(teachers["rotnet"], **{"method_cfg__teacher_sha256": moved["teacher_sha256"]}), ds, "unused")

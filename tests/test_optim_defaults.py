@@ -21,6 +21,10 @@ SHAPE = {
     "moco": {"method_cfg.queue_size": 64}, "moco_v2": {"method_cfg.queue_size": 64},
     "mp3": {"backbone": "vit_mini_p4"},
     "deepmim": {"backbone": "vit_mini_p4"}, "localmim": {"backbone": "vit_mini_p4"},
+    "beit": {"backbone": "vit_mini_p4"}, "ibot": {"backbone": "vit_mini_p4", "method_cfg.out_dim": 256,
+                                                  "method_cfg.n_local": 2},
+    "qb_heat": {"backbone": "vit_mini_p4"}, "convmae": {"backbone": "convvit_mini"},
+    "feature_distillation": {"backbone": "vit_mini_p4"},
     "simmim": {"backbone": "vit_mini_p4", "method_cfg.mask_patch": 8},
     "exemplar_cnn": {"method_cfg.num_classes": 32, "method_cfg.patch_size": 12},
     "context_prediction": {"method_cfg.view_size": 48},
@@ -40,12 +44,21 @@ def test_every_method_declares_an_optimiser():
         assert entry.cls.optim.name in TYPES, name
 
 
+@pytest.fixture(scope="module")
+def teacher(data, tmp_path_factory):
+    """A finished checkpoint for the method that distils one (feature_distillation)."""
+    cfg = resolve({"method": "rotnet", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
+                   "budget.value": 1, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32"})
+    return str(Trainer(cfg, data, tmp_path_factory.mktemp("teacher")).fit().checkpoint)
+
+
 @pytest.mark.parametrize("name", sorted(methods()))
-def test_a_run_without_preset_gets_the_declared_optimiser(name, data, tmp_path):
+def test_a_run_without_preset_gets_the_declared_optimiser(name, data, teacher, tmp_path):
     declared = get_method(name).cls.optim
     batch = 32
+    needs = {"method_cfg.teacher": teacher} if name == "feature_distillation" else {}
     cfg = resolve({"method": name, "data.name": "synthetic", "optim.batch_size": batch, "train.progress": False,
-                   "train.precision": "fp32", **SHAPE.get(name, {})})
+                   "train.precision": "fp32", **SHAPE.get(name, {}), **needs})
     assert cfg.preset is None and cfg.optim.name is None and cfg.optim.lr is None
     tr = Trainer(cfg, data, tmp_path)
     opt = tr.optimizer

@@ -40,7 +40,9 @@ def test_every_method_trains_with_the_small_preset(channels, size, tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=size, channels=channels)
     suite = load_suite("fashion_mnist_all" if channels == 1 else "cifar10_cpu")
     # the preset's 4000 surrogate classes need 4000 images; 64 synthetic ones hold 32 classes
-    small_data = {"exemplar_cnn": {"method_cfg.num_classes": 32}}
+    small_data = {"exemplar_cnn": {"method_cfg.num_classes": 32},
+                  # the suite names its teacher as a run (EXPERIMENT/mae); here: the mae trained just above
+                  "feature_distillation": {"method_cfg.teacher": str(tmp_path / f"mae-{channels}" / "checkpoint.pt")}}
     failures = []
     for m in suite.methods:
         over = {**suite.common, **suite.per_method.get(m, {}), "method": m, "data.name": "synthetic",

@@ -56,10 +56,11 @@ def random_mask(batch: int, length: int, mask_ratio: float, generator: torch.Gen
     return ranks < n
 
 
-def block_mask(batch: int, grid_h: int, grid_w: int, num_masked: int, generator: torch.Generator,
+def block_mask(batch: int, grid_h: int, grid_w: int, num_masked: int | torch.Tensor, generator: torch.Generator,
                min_block: int = 16, max_block: int | None = None, min_aspect: float = 0.3, attempts: int = 10,
                device=None) -> torch.Tensor:
-    """BEiT's block-wise masking, batched: a (B, gh * gw) bool mask with at most ``num_masked`` patches.
+    """BEiT's block-wise masking, batched: a (B, gh * gw) bool mask with at most ``num_masked`` patches
+    (an int, or a (B,) tensor of per-image targets, where 0 is allowed).
 
     Repeatedly, for every image at once: draw a block area s ~ U(min_block, min(remaining, max_block))
     and a log-uniform aspect ratio r in [min_aspect, 1/min_aspect]; h = round(sqrt(s r)),
@@ -69,20 +70,24 @@ def block_mask(batch: int, grid_h: int, grid_w: int, num_masked: int, generator:
     need (ceil(num_masked / min_block) of them), a fixed count, so the batch runs as tensor operations
     and the result depends only on the generator. Images can end slightly under the target, as in BEiT.
     """
-    if not 0 < num_masked < grid_h * grid_w:
+    target = torch.as_tensor(num_masked, device=device).long().expand(batch)   # per image (iBOT draws a ratio each)
+    top_n = int(target.max())
+    if int(target.min()) < 0 or top_n >= grid_h * grid_w or (top_n == 0 and not isinstance(num_masked, torch.Tensor)):
         raise ConfigError(f"block masking of {num_masked} patches on a {grid_h}x{grid_w} grid: choose between 1 and "
                           f"{grid_h * grid_w - 1}")
-    max_block = max_block or num_masked
-    min_block = min(min_block, num_masked)
+    if top_n == 0:
+        return torch.zeros(batch, grid_h * grid_w, dtype=torch.bool, device=device)
+    max_block = max_block or top_n
+    lo_block = target.clamp(max=min_block).float()              # min(min_block, target), as BEiT's U(min, max)
     mask = torch.zeros(batch, grid_h, grid_w, dtype=torch.bool, device=device)
     rows = torch.arange(grid_h, device=device).view(1, grid_h, 1)
     cols = torch.arange(grid_w, device=device).view(1, 1, grid_w)
     lo_r, hi_r = math.log(min_aspect), math.log(1 / min_aspect)
-    for _ in range(attempts * math.ceil(num_masked / min_block)):
-        remaining = num_masked - mask.sum((1, 2))
+    for _ in range(attempts * math.ceil(top_n / max(1, min(min_block, top_n)))):
+        remaining = target - mask.sum((1, 2))
         cap = remaining.clamp(max=max_block).float()
         u = torch.rand(batch, 4, generator=generator, device=device)
-        area = min_block + u[:, 0] * (cap - min_block)       # U(min_block, cap), either order as random.uniform
+        area = lo_block + u[:, 0] * (cap - lo_block)         # U(min_block, cap), either order as random.uniform
         ratio = torch.exp(lo_r + u[:, 1] * (hi_r - lo_r))
         h = torch.round(torch.sqrt(area * ratio)).long()
         w = torch.round(torch.sqrt(area / ratio)).long()

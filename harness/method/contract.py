@@ -116,6 +116,9 @@ class Method(nn.Module):
     # under DDP, BatchNorm statistics run over the global batch (harness.core.distributed.GlobalBatchNorm),
     # as SimCLR/BYOL/SwAV/Barlow Twins/MoCo v3 do; False keeps per-process BN (MoCo v1/v2's shuffled BN)
     global_bn: ClassVar[bool] = True
+    # True when some parameters get no gradient in some steps (BEiT's two stages): DDP is then built
+    # with find_unused_parameters=True
+    unused_parameters: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, cfg: Any, info: DataInfo):
         super().__init__()
@@ -153,6 +156,26 @@ class Method(nn.Module):
     def projector(self) -> nn.Module | None:
         """Backbone + projector for projector-feature evaluation, if the method has one."""
         return None
+
+    def teacher_reference(self) -> str | None:
+        """A finished checkpoint this method learns from (feature distillation's teacher), or None.
+        Before the first step, the trainer loads it (``harness.train.build``), checks it, and hands
+        its ``encoder()`` to :meth:`attach_teacher`; the teacher is not part of this method's
+        checkpoint (it is reloaded, and its file's sha256 checked, on resume)."""
+        return None
+
+    def teacher_digest(self) -> str:
+        """The sha256 the teacher file must have ('' = not pinned); pinned in the config by the run
+        layer, so a replaced teacher file is refused (and changes the run's identity and folder)."""
+        return ""
+
+    def attach_teacher(self, encoder: nn.Module, provenance: dict[str, str]) -> None:
+        raise NotImplementedError(f"{type(self).__name__} names a teacher but cannot take one")
+
+    def resolved_params(self) -> dict[str, Any]:
+        """Facts resolved at build time that change the result and are not in the config (e.g. a
+        teacher checkpoint's sha256): logged as params, so they are part of the run's identity."""
+        return {}
 
     def param_groups(self) -> list[dict]:
         """Optimiser parameter groups; default: everything trainable, no WD on biases/norms."""

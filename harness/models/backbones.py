@@ -12,6 +12,8 @@ Small-image variants registered here:
   VisionTransformers with 4x4 patches for 28-32 px images.
 * ``cnn4`` (32-64-128-256) / ``cnn4_wide`` (64-128-256-512): 4-block conv nets for
   minute-scale CPU budgets.
+* ``convvit_mini`` / ``convvit_base``: ConvMAE's hybrid (convolution stages, then Transformer
+  blocks; ``harness.models.hybrid``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def vit_tiny_p4(in_chans: int = 3, img_size: int = 32) -> nn.Module:
 @BACKBONES.register("vit_mini_p4")
 def vit_mini_p4(in_chans: int = 3, img_size: int = 32) -> nn.Module:
     return _vit(img_size, in_chans, 128, 6, 4)
+
+
+@BACKBONES.register("convvit_mini")
+def convvit_mini(in_chans: int = 3, img_size: int = 32) -> nn.Module:
+    """ConvMAE's hybrid for 28-32 px: stride-2 conv stages of 64 and 96 channels (1 block each), then 4
+    Transformer blocks of 128-d on the 4-px grid (the same 8x8 grid as vit_mini_p4 at 32 px)."""
+    from harness.models.hybrid import ConvViT
+
+    return ConvViT(in_chans, img_size, widths=(64, 96, 128), depths=(1, 1, 4), strides=(2, 2, 1), heads=4)
+
+
+@BACKBONES.register("convvit_base")
+def convvit_base(in_chans: int = 3, img_size: int = 224) -> nn.Module:
+    """ConvMAE-Base: strides 4, 2, 2; widths 256, 384, 768; depths 2, 2, 11; 12 heads."""
+    from harness.models.hybrid import ConvViT
+
+    return ConvViT(in_chans, img_size, widths=(256, 384, 768), depths=(2, 2, 11), strides=(4, 2, 2), heads=12)
 
 
 class ConvNet4(nn.Module):

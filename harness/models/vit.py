@@ -43,34 +43,60 @@ def final_norm(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return vit.norm(x)
 
 
+def output_tokens(vit: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
+    """The ViT's output tokens (B, prefix + L, D) after its final norm, whichever of ``norm`` /
+    ``fc_norm`` timm built it with (``forward_features`` applies ``norm`` only)."""
+    t = vit.forward_features(imgs)
+    return final_norm(vit, t) if isinstance(vit.norm, nn.Identity) else t
+
+
 def input_tokens(vit: nn.Module, imgs: torch.Tensor, mask: torch.Tensor | None = None,
                  mask_token: torch.Tensor | None = None) -> torch.Tensor:
     """The sequence the blocks see: patch embeddings, masked ones replaced by ``mask_token`` (1, 1, D)
     where ``mask`` (B, L) is 1 (SimMIM / BEiT: before the position embedding is added), then the
     prefix tokens and position embeddings as timm adds them, dropout and ``norm_pre``."""
-    if getattr(vit, "dynamic_img_size", False):
-        raise ConfigError("ViT backbones with dynamic_img_size are not supported by masked image modelling")
-    x = vit.patch_embed(imgs)
-    if x.dim() == 4:
-        x = x.flatten(1, 2)
+    x = vit.patch_embed(imgs)                           # (B, L, D), or (B, h, w, D) for multi-crop ViTs
     if mask is not None:
-        w = mask.to(x.dtype).unsqueeze(-1)
+        w = mask.to(x.dtype).reshape(*x.shape[:-1], 1)
         x = x * (1 - w) + mask_token.to(x.dtype) * w
-    x = vit._pos_embed(x)
+    if x.dim() == 4 and not getattr(vit, "dynamic_img_size", False):
+        x = x.flatten(1, 2)
+    x = vit._pos_embed(x)                               # resamples positions to the grid when dynamic
     x = vit.patch_drop(x)
     return vit.norm_pre(x)
 
 
-def run_blocks(vit: nn.Module, x: torch.Tensor, taps: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Stochastic depth (Huang et al., 2016) on a residual branch (B, ...): each sample's branch is
+    dropped with probability ``p`` and the kept ones scaled by 1 / (1 - p) (torch's global RNG,
+    which the trainer seeds per step)."""
+    if p <= 0:
+        return x
+    keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= p
+    return x * keep.to(x.dtype) / (1 - p)
+
+
+def _block(blk: nn.Module, x: torch.Tensor, p: float) -> torch.Tensor:
+    # timm's Block.forward with stochastic depth on both residual branches
+    x = x + drop_path(blk.ls1(blk.attn(blk.norm1(x))), p)
+    return x + drop_path(blk.ls2(blk.mlp(blk.norm2(x))), p)
+
+
+def run_blocks(vit: nn.Module, x: torch.Tensor, taps: Sequence[int] = (),
+               drop_path_rate: float = 0.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run the blocks; returns the last block's output and the outputs of the blocks numbered in
-    ``taps`` (1-based: tap 3 is the output of the third block), in the order given."""
+    ``taps`` (1-based: tap 3 is the output of the third block), in the order given. With
+    ``drop_path_rate`` > 0, stochastic depth rising linearly to that rate over the blocks (as timm
+    builds it), applied here so the backbone itself (what the evaluator scores and fine-tunes) is
+    left unchanged."""
     want = {t: i for i, t in enumerate(taps)}
     depth = len(vit.blocks)
     if any(not 1 <= t <= depth for t in taps):
         raise ConfigError(f"encoder layers {list(taps)} out of range for a ViT of {depth} blocks (1..{depth})")
     out: list[torch.Tensor | None] = [None] * len(taps)
     for i, blk in enumerate(vit.blocks, start=1):
-        x = blk(x)
+        p = drop_path_rate * (i - 1) / max(1, depth - 1)
+        x = _block(blk, x, p) if p > 0 else blk(x)
         if i in want:
             out[want[i]] = x
     return x, out  # type: ignore[return-value]

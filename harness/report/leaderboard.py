@@ -152,6 +152,10 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
             for cid in configs:
                 r = mg[mg["config_id"] == cid]
                 label = method if len(configs) == 1 else f"{method} [{cid[:6]}]"
+                teacher = r["params.teacher.method"].dropna() if "params.teacher.method" in r else ()
+                if len(teacher):                     # a distillation names its teacher (method/backbone)
+                    tb = r["params.teacher.backbone"].dropna() if "params.teacher.backbone" in r else ()
+                    label += f" <- {teacher.iloc[0]}" + (f"/{tb.iloc[0]}" if len(tb) else "")
                 row = {"method": label, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique()))),
                        "config": cid}
                 for metric in (c.metric for c in columns()):

@@ -8,6 +8,7 @@ and ``run.json`` (the MLflow run id, and ``evaluated: true`` once metrics are lo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from harness.run.evaluate import evaluate_encoder, evaluate_target, log_eval
 from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
 from harness.run.naming import log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import get_method
+from harness.tracking.query import checkpoint_of
 from harness.tracking.runs import TrackedRun
 from harness.tracking.store import client
-from harness.train.build import trajectory_diff
+from harness.train.build import file_sha256, trajectory_diff
 from harness.train.config import RunConfig, to_dict
 from harness.train.trainer import Trainer
 
@@ -38,6 +40,7 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
     The run directory is owned by one process at a time: a second process (e.g. a second
     ``sslbench run --resume`` of the same suite) skips a run another process is training, and says so."""
     get_method(cfg.method)                       # an unknown name fails before any data is read
+    cfg = resolve_run_references(cfg)            # method_cfg.teacher=EXPERIMENT/METHOD or a run id -> its checkpoint
     apply_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     dist.init_from_env(device.type)
@@ -60,6 +63,22 @@ def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, datase
     except RunBusy as e:
         log(f"{name}: skipped, another process is training it ({e.owner}; {folder})")
         return {"skipped": True, "config": to_dict(cfg), "owner": e.owner}
+
+
+def resolve_run_references(cfg: RunConfig) -> RunConfig:
+    """A teacher named by a run (an MLflow run id, or EXPERIMENT/METHOD: the newest finished run of that
+    method with this run's seed) becomes that run's checkpoint path; a path stays as it is. The
+    teacher's file hash is logged by the run itself (``teacher.sha256``), whatever named it."""
+    ref = (cfg.method_cfg or {}).get("teacher")
+    if not isinstance(ref, str) or not ref:
+        return cfg
+    path = ref if Path(ref).expanduser().exists() else checkpoint_of(ref, cfg.seed, cfg.tracking.uri)
+    if path is None or not Path(path).expanduser().is_file():
+        return cfg                                 # the method's own loader says what is missing
+    if path != ref:
+        log(f"{cfg.method}: teacher {ref} -> {path}")
+    pinned = {"teacher": path, "teacher_sha256": file_sha256(Path(path).expanduser())}
+    return dataclasses.replace(cfg, method_cfg={**cfg.method_cfg, **pinned})
 
 
 def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device, resume: bool,
@@ -99,7 +118,8 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
         config_id, identity = run_identity(params)
         run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, run_id=state.get("run_id"), params=params,
                          tags=run_tags(cfg, device.type, ds) if not state.get("run_id") else None)
-        run.set_tags({"sslbench.config_id": config_id, "sslbench.identity": identity})
+        run.set_tags({"sslbench.config_id": config_id, "sslbench.identity": identity,
+                      "checkpoint": str((folder / "checkpoint.pt").resolve())})
         trainer.log_fn = run.log_metrics
         state = {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": False, "data_fingerprint": fingerprint}
         write_json_atomic(state_path, state)

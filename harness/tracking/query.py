@@ -65,3 +65,45 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def checkpoint_of(ref: str, seed: int, uri: str | None = None) -> str | None:
+    """The checkpoint a run reference names, or None when ``ref`` is not a run reference:
+
+    * an MLflow run id (32 hex digits): that run's ``checkpoint`` tag;
+    * ``EXPERIMENT/METHOD``: the newest FINISHED run of METHOD in EXPERIMENT with the same ``seed``.
+
+    A reference that names no finished run with a checkpoint raises ``ConfigError`` saying what to run."""
+    from harness.core.errors import ConfigError
+
+    ref = ref.strip()
+    is_id = len(ref) == 32 and all(c in "0123456789abcdef" for c in ref)
+    if not is_id and ref.count("/") != 1:
+        return None
+    if is_id:
+        cl, _ = client(uri)
+        try:
+            run = cl.get_run(ref)
+        except Exception:  # noqa: BLE001 - MLflow raises its own exception types
+            raise ConfigError(f"no run {ref} in the store {uri or 'results/mlflow.db'}; pass a checkpoint path "
+                              f"or a run id from `sslbench leaderboard`") from None
+        path = run.data.tags.get("checkpoint")
+        if run.info.status != "FINISHED":
+            raise ConfigError(f"run {ref} is {run.info.status}, not FINISHED; finish it (sslbench run ... --resume) "
+                              f"or name a finished run")
+        if not path:
+            raise ConfigError(f"run {ref} records no checkpoint (it predates the checkpoint tag); pass its "
+                              f"checkpoint.pt path instead")
+        return path
+    experiment, method = ref.split("/")
+    runs = fetch_runs([experiment], uri=uri)
+    if not runs.empty:
+        runs = runs[(runs.get("tags.method") == method) & (runs.get("tags.seed") == str(seed))]
+        if "tags.checkpoint" in runs:
+            runs = runs[runs["tags.checkpoint"].notna()]
+        else:
+            runs = runs.iloc[0:0]
+    if runs.empty:
+        raise ConfigError(f"no finished {method} run with seed {seed} and a checkpoint in experiment '{experiment}'; "
+                          f"train it first (e.g. sslbench run {experiment} --methods {method} --seeds {seed})")
+    return str(runs.sort_values("start_time").iloc[-1]["tags.checkpoint"])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from harness.core import checkpoint as ckpt
 from harness.core.config import flatten
@@ -21,12 +24,53 @@ def data_info(ds: ImageDataset) -> DataInfo:
                     tuple(float(v) for v in ds.mean), tuple(float(v) for v in ds.std))
 
 
-def build_method(cfg: RunConfig, info: DataInfo) -> Method:
+def build_method(cfg: RunConfig, info: DataInfo, with_teacher: bool = True) -> Method:
+    """The method of ``cfg`` on its backbone; a method that names a teacher checkpoint gets its encoder
+    (``with_teacher=False`` when only the trained weights are needed: evaluation of a checkpoint)."""
     entry = METHODS.get(cfg.method)
     mcfg = entry.cls.make_config(cfg.method_cfg)
     backbone = build_backbone(cfg.backbone, info.channels, info.image_size)
     entry.cls.check_requirements(backbone, info, cfg.backbone)
-    return entry.cls(backbone, mcfg, info)
+    method = entry.cls(backbone, mcfg, info)
+    ref = method.teacher_reference() if with_teacher else None
+    if ref:
+        method.attach_teacher(*load_teacher(ref, info, method.teacher_digest()))
+    return method
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_teacher(path: str | Path, info: DataInfo, sha256: str = "") -> tuple[torch.nn.Module, dict[str, str]]:
+    """A finished checkpoint's scored encoder, frozen, and its provenance (``teacher.*``: path, sha256,
+    method, backbone, and the teacher run's own dataset), for a method that distils it."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise CheckpointError(f"teacher checkpoint {path} not found; pass the checkpoint.pt of a finished run "
+                              f"(results/<experiment>/<run>/checkpoint.pt)")
+    digest = file_sha256(p)
+    if sha256 and digest != sha256:
+        raise CheckpointError(f"teacher {path} changed since this run was configured (sha256 {digest[:12]} vs "
+                              f"{sha256[:12]}); restore that file, or start a new run on the new teacher")
+    method, tcfg, state = load_trained_method(p)
+    if not state.get("finished", False):
+        raise CheckpointError(f"teacher {path} is the checkpoint of an unfinished run; finish it "
+                              f"(sslbench run ... --resume) or pass a finished run's checkpoint")
+    tinfo = state["data_info"]
+    if (tinfo.get("channels"), tinfo.get("image_size")) != (info.channels, info.image_size):
+        raise CheckpointError(f"teacher {path} was trained on {tinfo.get('channels')}-channel "
+                              f"{tinfo.get('image_size')}-px images; this run has {info.channels}-channel "
+                              f"{info.image_size}-px images")
+    encoder = method.encoder().eval()
+    for q in encoder.parameters():
+        q.requires_grad_(False)
+    return encoder, {"teacher.path": str(p), "teacher.sha256": digest, "teacher.method": tcfg.method,
+                     "teacher.backbone": tcfg.backbone, "teacher.data": str(tinfo.get("name"))}
 
 
 def method_config_params(method: Method) -> dict[str, Any]:
@@ -80,7 +124,7 @@ def load_trained_method(path: str | Path, map_location: str = "cpu") -> tuple[Me
         info = DataInfo(**state["data_info"])
     except TypeError as e:
         raise CheckpointError(f"{path}: not an sslbench checkpoint ({e})") from None
-    method = build_method(cfg, info)
+    method = build_method(cfg, info, with_teacher=False)
     load_weights(method, state, path)
     method.eval()
     return method, cfg, state

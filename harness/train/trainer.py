@@ -84,7 +84,7 @@ class Trainer:
                 dist.convert_to_global_bn(self.method)
 
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                             find_unused_parameters=False)
+                             find_unused_parameters=type(self.method).unused_parameters)
         # the method's declared optimiser (its paper's) unless a preset or override says otherwise
         self.optim = effective_optim(type(self.method).optim, cfg.optim)
         self.base_lr = self.optim.lr
@@ -156,7 +156,7 @@ class Trainer:
         """What the run resolved at start, as params: the method's full config, the optimiser it got,
         device / precision / kernels, and the dataset's content fingerprint (the run's identity uses them)."""
         gemm = any(isinstance(m, GemmWgradConv2d) for m in self.method.modules())
-        return {**method_config_params(self.method), **self.optim.params(),
+        return {**method_config_params(self.method), **self.method.resolved_params(), **self.optim.params(),
                 "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
                 "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": "gemm" if gemm else "native",
                 "data.fingerprint": self.ds.fingerprint()}
