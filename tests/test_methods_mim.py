@@ -2,6 +2,7 @@
 (masks, the ViT token helpers, HOG cells, pooled-token features), each against a hand-computed case."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -453,3 +454,27 @@ def test_feature_distillation_refuses_unfinished_or_changed_teachers(teachers, t
     moved = dict(pinned.method_cfg, teacher=teachers["rotnet"])
     with pytest.raises(CheckpointError, match="changed since"):
         Trainer(fd_cfg(teachers["rotnet"], **{"method_cfg__teacher_sha256": moved["teacher_sha256"]}), ds, "unused")
+
+
+def test_teacher_named_by_a_run_resolves_to_its_checkpoint(tmp_path):
+    """EXPERIMENT/METHOD (same seed) and an MLflow run id both resolve, through a real store, to the
+    teacher run's checkpoint; the distillation records the teacher's identity."""
+    from harness.run.pretrain import pretrain
+    from harness.tracking.query import checkpoint_of, fetch_runs
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    base = {"data.name": "synthetic", "budget.kind": "steps", "budget.value": 2, "optim.batch_size": 32,
+            "train.progress": False, "train.precision": "fp32", "out_dir": str(tmp_path / "runs"),
+            "tracking.uri": uri, "tracking.experiment": "teach"}
+    t = pretrain(resolve({**base, "method": "rotnet", "backbone": "cnn4"}), evaluate=False)
+    ckpt = checkpoint_of("teach/rotnet", 0, uri)
+    assert ckpt == t["checkpoint"] or Path(ckpt).resolve() == Path(t["checkpoint"]).resolve()
+    assert checkpoint_of(t["run_id"], 0, uri) == ckpt
+    assert checkpoint_of("not-a-reference", 0, uri) is None
+    with pytest.raises(ConfigError, match="no finished rotnet run with seed 1"):
+        checkpoint_of("teach/rotnet", 1, uri)
+    pretrain(resolve({**base, "method": "feature_distillation", "backbone": "vit_mini_p4",
+                      "method_cfg.teacher": "teach/rotnet"}), evaluate=False)
+    runs = fetch_runs(["teach"], uri=uri)
+    fd = runs[runs["tags.method"] == "feature_distillation"].iloc[0]
+    assert fd["params.teacher.method"] == "rotnet" and len(fd["params.teacher.sha256"]) == 64

@@ -77,7 +77,8 @@ def resolve_run_references(cfg: RunConfig) -> RunConfig:
         return cfg                                 # the method's own loader says what is missing
     if path != ref:
         log(f"{cfg.method}: teacher {ref} -> {path}")
-    pinned = {"teacher": path, "teacher_sha256": file_sha256(Path(path).expanduser())}
+    path = str(Path(path).expanduser().resolve())   # one spelling of one file
+    pinned = {"teacher": path, "teacher_sha256": file_sha256(Path(path))}
     return dataclasses.replace(cfg, method_cfg={**cfg.method_cfg, **pinned})
 
 

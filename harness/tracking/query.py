@@ -104,6 +104,7 @@ def checkpoint_of(ref: str, seed: int, uri: str | None = None) -> str | None:
         else:
             runs = runs.iloc[0:0]
     if runs.empty:
-        raise ConfigError(f"no finished {method} run with seed {seed} and a checkpoint in experiment '{experiment}'; "
-                          f"train it first (e.g. sslbench run {experiment} --methods {method} --seeds {seed})")
+        raise ConfigError(f"no finished {method} run with seed {seed} and a recorded checkpoint in experiment "
+                          f"'{experiment}'; train it first (sslbench run {experiment} --methods {method} --seeds {seed}), "
+                          f"or pass its checkpoint.pt path (runs recorded before the checkpoint tag have none)")
     return str(runs.sort_values("start_time").iloc[-1]["tags.checkpoint"])
