@@ -352,18 +352,9 @@ def test_eval_features_mismatch_is_refused_before_training(tmp_path):
 # ---------------------------------------------------------------------------- every method: resume
 @pytest.mark.parametrize("name", MIM)
 def test_resume_equals_uninterrupted(name, tmp_path):
-    ds = synthetic(n_train=64, n_test=16, image_size=16)
-    c = run_cfg(name, steps=4, train__checkpoint_every_steps=1)
-    full = Trainer(c, ds, tmp_path / "a")
-    full.fit()
-    part = Trainer(c, ds, tmp_path / "b")
-    part.fit(stop_after=2)
-    resumed = Trainer(c, ds, tmp_path / "b")
-    resumed.fit(resume=True)
-    a, b = full.method.state_dict(), resumed.method.state_dict()
-    assert a.keys() == b.keys()
-    bad = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not bad, bad
+    from test_methods_pretext import assert_resume_equals_uninterrupted
+
+    assert_resume_equals_uninterrupted(run_cfg(name, steps=4, train__checkpoint_every_steps=1), tmp_path)
 
 
 # ---------------------------------------------------------------------------- Feature Distillation

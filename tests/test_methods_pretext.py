@@ -289,8 +289,12 @@ def test_mp3_refuses_a_convnet():
 def test_resume_equals_uninterrupted(name, tmp_path):
     """A run stopped after its step-2 checkpoint (as a kill would leave it) and resumed ends with the
     same weights and buffers as an uninterrupted one (test_kills_pretext.py does it with SIGKILL)."""
+    assert_resume_equals_uninterrupted(run_cfg(name, steps=4, train__checkpoint_every_steps=1), tmp_path)
+
+
+def assert_resume_equals_uninterrupted(c, tmp_path):
+    """Train ``c`` uninterrupted, and stopped after step 2 then resumed: the same state_dict, bit for bit."""
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    c = run_cfg(name, steps=4, train__checkpoint_every_steps=1)
     full = Trainer(c, ds, tmp_path / "a")
     full.fit()
     part = Trainer(c, ds, tmp_path / "b")
