@@ -49,6 +49,7 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.models.backbones": ("check_input_size", "feature_map", "has_feature_map", "is_convnet", "is_vit"),
     "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
     "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
+    "harness.models.hybrid": ("LayerNorm2d",),
     "harness.models.vit": ("final_norm", "input_tokens", "output_tokens", "run_blocks", "sincos_pos_embed_2d", "token_grid"),
 }
 
@@ -88,6 +89,8 @@ def __getattr__(name: str):
         from harness.models import blocks as module
     elif where == "harness.models.heads":
         from harness.models import heads as module
+    elif where == "harness.models.hybrid":
+        from harness.models import hybrid as module
     elif where == "harness.models.vit":
         from harness.models import vit as module
     else:

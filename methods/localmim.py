@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import (ConfigError, Method, OptimDefaults, Requirements, ViewRecipe, between, final_norm, hog_cells,
-                     positive, register_method, token_grid)
+from harness import (ConfigError, LayerNorm2d, Method, OptimDefaults, Requirements, ViewRecipe, between, hog_cells,
+                     positive, register_method, token_grid, upsample_mask)
 from methods.deepmim import taps_of
 from methods.mae import MAEDecoder, encode_visible, fix_sincos_pos_embed, no_decay_groups
 
@@ -56,13 +56,6 @@ class LocalMIMConfig:
                              for s in c.scales), "every scale a power of 2 (e.g. 4, 2, 1, 0.5)"))
 
 
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a (B, C, H, W) map."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 def scale_head(dim: int, scale: float, out: int) -> nn.Sequential:
     """A 256-d map on the patch grid -> ``out`` channels on a grid ``scale`` times finer (or coarser)."""
     layers: list[nn.Module] = []
@@ -79,11 +72,10 @@ def scale_head(dim: int, scale: float, out: int) -> nn.Sequential:
 
 def mask_at_scale(mask: torch.Tensor, grid: tuple[int, int], scale: float) -> torch.Tensor:
     """The patch mask (B, L) on a grid ``scale`` times finer (repeated) or coarser (averaged): (B, 1, h, w)."""
-    m = mask.float().view(-1, 1, *grid)
     if scale >= 1:
         k = int(scale)
-        return m.repeat_interleave(k, 2).repeat_interleave(k, 3)
-    return F.avg_pool2d(m, int(1 / scale))
+        return upsample_mask(mask, grid[0], grid[1], k).float().view(-1, 1, grid[0] * k, grid[1] * k)
+    return F.avg_pool2d(mask.float().view(-1, 1, *grid), int(1 / scale))
 
 
 def local_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
