@@ -219,3 +219,29 @@ def test_no_traceback_when_the_store_folder_is_a_file(env):
     with pytest.raises(SSLBenchError, match="cannot create the tracking store's folder"):
         TrackedRun("e", "r", uri=f"sqlite:///{env}/blocker/sub/m.db")
     assert os.path.isfile(env / "blocker")
+
+
+def test_seconds_spent_on_other_hardware_never_share_a_row_nor_a_resume(env, monkeypatch):
+    import harness.train.trainer as trainer_mod
+
+    steps = ["pretrain", "method=simclr", "data.name=synthetic", *TINY, f"out_dir={env / 'runs'}"]
+    secs = [a if a != "budget.kind=steps" else "budget.kind=seconds" for a in steps]
+    secs = [a if a != "budget.value=2" else "budget.value=0.5" for a in secs]
+    assert main([*steps, "tracking.experiment=steps"]) == 0      # a step budget: the hardware is no part of it
+    assert "params.train.resolved.hardware" not in fetch_runs(["steps"]) or \
+        fetch_runs(["steps"])["params.train.resolved.hardware"].isna().all()
+    for chip in ("CPU A, 2 threads", "CPU B, 2 threads"):
+        monkeypatch.setattr(trainer_mod, "hardware", lambda device, processes, chip=chip: chip)
+        assert main([*secs, "tracking.experiment=secs", f"out_dir={env / chip[:5]}"]) == 0
+    runs = fetch_runs(["secs"])
+    assert sorted(runs["params.train.resolved.hardware"]) == ["CPU A, 2 threads", "CPU B, 2 threads"]
+    tables = build(runs)
+    assert len(tables) == 1 and len(tables[0].frame) == 2          # two rows: the same seconds bought other work
+    assert any("train.resolved.hardware" in n for n in tables[0].notes)
+    # resuming a seconds budget on other hardware is refused in one line (the record stays as it was)
+    folder = next((env / "CPU B").rglob("run.json")).parent
+    state = json.loads((folder / "run.json").read_text())
+    state["evaluated"] = False
+    (folder / "run.json").write_text(json.dumps(state))
+    monkeypatch.setattr(trainer_mod, "hardware", lambda device, processes: "CPU C, 2 threads")
+    assert main([*secs, "tracking.experiment=secs", f"out_dir={env / 'CPU B'}", "--resume"]) == 2

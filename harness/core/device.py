@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import platform
+from pathlib import Path
+
 import torch
 
 from harness.core.errors import ConfigError
@@ -34,3 +38,37 @@ def apply_threads(threads: int | None) -> None:
     """``train.threads``: torch's intra-op threads for this process (None: torch's default)."""
     if threads:
         torch.set_num_threads(int(threads))
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU as far as a result can tell: its model name, family/model numbers and the vector
+    extensions torch dispatches to (two "AMD EPYC" machines, one with AVX-512 BF16 and one with AVX2
+    only, differ by 2.4x in a seconds budget)."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("model name", "cpu family", "model", "flags") and key not in info:
+                info[key] = " ".join(value.split())
+    except OSError:
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    if "cpu family" in info:
+        name += f" (family {info['cpu family']} model {info.get('model', '?')})"
+    try:
+        caps = [torch.backends.cpu.get_cpu_capability()]
+    except Exception:
+        caps = []
+    flags = set(info.get("flags", "").split())
+    caps += [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return name + (f" [{', '.join(caps)}]" if caps else "")
+
+
+def hardware(device: torch.device, processes: int = 1) -> str:
+    """What a seconds budget buys depends on: the chip, the threads (or GPUs) and the processes.
+    A time-budgeted run's identity holds this, so runs on other hardware never share a row."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} x{processes}"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads" + (f" x{processes} processes" if processes > 1 else "")

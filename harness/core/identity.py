@@ -4,7 +4,9 @@ Two records share a leaderboard cell, supersede each other or pair in ``compare`
 identities say they were measured the same way. The identity is computed from the params a run
 logs (the resolved config flattened, plus what the run resolved at start: the method's full
 config ``method_config.*``, the optimiser it got ``optim.effective.*``, the device / precision /
-kernels ``train.resolved.*`` and the dataset's content fingerprint ``data.fingerprint``), minus
+kernels ``train.resolved.*`` -- with, for a seconds budget, the hardware the seconds were spent on
+(``train.resolved.hardware``: CPU model and threads, or GPU and processes) -- and the dataset's content
+fingerprint ``data.fingerprint``), minus
 the knobs that cannot change a result (tracking, output folders, progress bars, checkpoint
 intervals, thread count, where the data lives, display labels, the preset's name). Evaluation
 knobs are not in it: they are the leaderboard's protocol key.

@@ -19,6 +19,7 @@ from evals.features import scored_encoder
 from harness.core import distributed as dist
 from harness.core.config import flatten
 from harness.core.device import apply_threads, resolve_device
+from harness.core.errors import ConfigError
 from harness.core.identity import identity as run_identity
 from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
@@ -27,7 +28,7 @@ from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
 from harness.run.naming import log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import get_method
 from harness.tracking.query import checkpoint_of
-from harness.tracking.runs import TrackedRun
+from harness.tracking.runs import TrackedRun, recorded_params
 from harness.tracking.store import client
 from harness.train.build import file_sha256, trajectory_diff
 from harness.train.config import RunConfig, to_dict
@@ -116,6 +117,12 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
     run = None
     if is_main:
         params = {**flatten(cfg), **trainer.run_params()}
+        before = recorded_params(cfg.tracking.uri, state["run_id"]) if resume and state.get("run_id") else None
+        key = "train.resolved.hardware"
+        if before and key in before and key in params and before[key] != params[key]:
+            raise ConfigError(f"{name} was started on '{before[key]}' and this is '{params[key]}': the rest of "
+                              f"a seconds budget spent here would mix two machines' seconds; resume it there, "
+                              f"or rerun it without --resume")
         config_id, identity = run_identity(params)
         run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, run_id=state.get("run_id"), params=params,
                          tags=run_tags(cfg, device.type, ds) if not state.get("run_id") else None)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from harness.core.device import cpu_model
+
 
 def package_version(name: str) -> str:
     try:
@@ -55,6 +57,6 @@ def environment_tags(device: str) -> dict[str, str]:
     if device.startswith("cuda"):
         tags["device.name"] = torch.cuda.get_device_name(0)
     else:
-        tags["device.name"] = platform.processor() or platform.machine()
+        tags["device.name"] = cpu_model()
     tags.update(git_info())
     return tags

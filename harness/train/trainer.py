@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from harness.core import checkpoint as ckpt
 from harness.core import distributed as dist
-from harness.core.device import bf16_supported, resolve_device, resolve_precision
+from harness.core.device import bf16_supported, hardware, resolve_device, resolve_precision
 from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.core.schedules import warmup_cosine
 from harness.data.dataset import ImageDataset, batch_indices
@@ -156,10 +156,13 @@ class Trainer:
         """What the run resolved at start, as params: the method's full config, the optimiser it got,
         device / precision / kernels, and the dataset's content fingerprint (the run's identity uses them)."""
         gemm = any(isinstance(m, GemmWgradConv2d) for m in self.method.modules())
-        return {**method_config_params(self.method), **self.method.resolved_params(), **self.optim.params(),
-                "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
-                "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": "gemm" if gemm else "native",
-                "data.fingerprint": self.ds.fingerprint()}
+        out = {**method_config_params(self.method), **self.method.resolved_params(), **self.optim.params(),
+               "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
+               "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": "gemm" if gemm else "native",
+               "data.fingerprint": self.ds.fingerprint()}
+        if self.cfg.budget.kind == "seconds":     # what a second buys is the hardware's: part of the identity
+            out["train.resolved.hardware"] = hardware(self.device, dist.world_size())
+        return out
 
     # ------------------------------------------------------------------ loop
     def progress(self) -> float:
