@@ -22,8 +22,27 @@ class EvalConfig:
     features: str = choices("backbone", "projector", "cls", "mean_patch", default="backbone")  # evals.features.scored_encoder
     holdout_fraction: float = between(0.1, 0, 1, open_lo=True, open_hi=True)
     au_pairs: int = positive(4096)
-    finetune_steps: int = positive(300)  # fine-tuning budget (steps of finetune_batch_size), per grid point
-    finetune_batch_size: int = positive(256)
+    # fine-tuning budget per fit (LR grid + refit): cpu = 100 steps of 128, full = 300 of 256; auto = cpu for
+    # pretraining budgets of the CPU class (<= 600 s, 3000 steps, 10 epochs or 1e15 FLOPs), else full
+    finetune: str = choices("auto", "cpu", "full", default="auto")
+    finetune_steps: int | None = positive(None)        # explicit steps per fit (overrides eval.finetune)
+    finetune_batch_size: int | None = positive(None)   # explicit batch size (overrides eval.finetune)
     semisup_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1],  # SimCLR v2 protocol's label fractions
                                            metadata={"min": 0, "max": 1, "strict": True})
     distill_temperature: float = positive(1.0)
+
+
+FINETUNE_BUDGETS = {"cpu": (100, 128), "full": (300, 256)}
+CPU_CLASS = {"seconds": 600.0, "steps": 3000.0, "epochs": 10.0, "flops": 1e15}   # largest pretraining budgets of the class
+
+
+def finetune_budget(cfg: EvalConfig, budget_kind: str | None = None, budget_value: float | None = None) -> tuple[int, int]:
+    """(steps per fit, batch size) of the fine-tuning protocols: explicit ``finetune_steps`` /
+    ``finetune_batch_size`` win, else ``finetune`` (auto: the pretraining budget's class; without a
+    budget, the full protocol)."""
+    name = cfg.finetune
+    if name == "auto":
+        small = budget_kind in CPU_CLASS and budget_value is not None and float(budget_value) <= CPU_CLASS[budget_kind]
+        name = "cpu" if small else "full"
+    steps, bs = FINETUNE_BUDGETS[name]
+    return cfg.finetune_steps or steps, cfg.finetune_batch_size or bs

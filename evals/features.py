@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from harness.core.device import resolve_precision
+from harness.core.errors import ConfigError
 from harness.data.dataset import ImageDataset
 from harness.data.views import normalize
-from harness.core.errors import ConfigError
 from harness.models.backbones import is_convnet, is_vit
 
 PROGRESS_MIN_BATCHES = 8  # a bar only when extraction is long enough to be worth watching

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -77,7 +78,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None, num_classes: int, mean, std, lr: float,
                      steps: int, batch_size: int, seed: int, device, precision: str, progress: bool = False,
-                     desc: str = "finetune", teacher: nn.Module | None = None, temperature: float = 1.0) -> _Classifier:
+                     desc: str = "finetune", teacher: nn.Module | None = None, temperature: float = 1.0,
+                     on_pace: Callable[[float], None] | None = None) -> _Classifier:
     """Encoder + linear head trained on crop + flip views: by cross-entropy with the labels ``y``,
     or, with a ``teacher`` (y unused), by :func:`distillation_loss` against the teacher's
     predictions on the same view."""
@@ -94,7 +96,14 @@ def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=desc, unit="step", mininterval=1.0, leave=False, file=sys.stderr)
+    t_pace = None
     for step in range(steps):
+        if on_pace is not None and step in (1, min(steps - 1, 4)) and steps > 2:   # the pace after a warm-up step
+            if t_pace is None:
+                t_pace = time.perf_counter()
+            else:
+                on_pace((time.perf_counter() - t_pace) / (step - 1))
+                on_pace = None
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
         idx = perm[i * bs : (i + 1) * bs]
@@ -158,9 +167,16 @@ def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     xs, ys = x_train[sub], y_train[sub]
     fit, held = stratified_split(ys, holdout_fraction, seed)
     scores = {}
-    for lr in lrs:
+
+    def announce(sec_per_step: float) -> None:
+        fits = len(lrs) + 1
+        print(f"sslbench: {prefix}: {fits} fits (LRs {', '.join(f'{lr:g}' for lr in lrs)} on a TRAIN hold-out, then "
+              f"the refit) x {steps} steps of {min(batch_size, len(xs))}: ~{fits * steps * sec_per_step / 60:.1f} min "
+              f"expected here (eval.finetune=full: 300 x 256 per fit)", file=sys.stderr)
+
+    for i, lr in enumerate(lrs):
         m = train_classifier(encoder, xs[fit], ys[fit], num_classes, mean, std, lr, steps, batch_size, seed, device,
-                             precision, progress, desc=f"{prefix} select lr={lr:g}")
+                             precision, progress, desc=f"{prefix} select lr={lr:g}", on_pace=announce if i == 0 else None)
         logits = predict(m, xs[held], mean, std, device, precision)
         scores[lr] = _topk(logits, ys[held], 1) if torch.isfinite(logits).all() else 0.0
     best = max(lrs, key=lambda lr: (scores[lr], -lr))

@@ -95,35 +95,39 @@ def _linear_lbfgs(ctx: Context) -> dict[str, Any]:
 
 
 def _finetune(ctx: Context) -> dict[str, Any]:
+    from evals.config import finetune_budget
     from evals.finetune import CONVNET_LRS, VIT_LRS, finetune_eval
     from harness.models.backbones import is_vit
 
     c, ds = ctx.cfg, ctx.dataset
+    steps, bs = finetune_budget(c)
     for frac in [1.0, *ctx.label_fractions]:
         prefix = fraction_prefix("finetune", frac)
         ctx.timed(prefix, lambda frac=frac, prefix=prefix: finetune_eval(
             ctx.encoder, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.mean, ds.std,
-            steps=c.finetune_steps, batch_size=c.finetune_batch_size, holdout_fraction=c.holdout_fraction,
+            steps=steps, batch_size=bs, holdout_fraction=c.holdout_fraction,
             label_fraction=frac, seed=ctx.seed, device=ctx.device, precision=ctx.precision, progress=ctx.progress,
             prefix=prefix), splits=())
-    return {"eval/finetune_steps": c.finetune_steps, "eval/finetune_batch_size": c.finetune_batch_size,
+    return {"eval/finetune_steps": steps, "eval/finetune_batch_size": bs,
             "eval/finetune_lr_grid": ",".join(map(str, VIT_LRS if is_vit(ctx.encoder) or
                                                   getattr(ctx.encoder, "is_hybrid_vit", False) else CONVNET_LRS))}
 
 
 def _semisup(ctx: Context) -> dict[str, Any]:
+    from evals.config import finetune_budget
     from evals.semisup import semisup_eval
 
     c, ds = ctx.cfg, ctx.dataset
+    steps, bs = finetune_budget(c)
     for frac in c.semisup_fractions:
         ctx.timed(fraction_prefix("semisup", frac), lambda frac=frac: semisup_eval(
             ctx.encoder, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, ds.mean, ds.std,
-            label_fraction=frac, steps=c.finetune_steps, batch_size=c.finetune_batch_size,
+            label_fraction=frac, steps=steps, batch_size=bs,
             holdout_fraction=c.holdout_fraction, temperature=c.distill_temperature, seed=ctx.seed, device=ctx.device,
             precision=ctx.precision, progress=ctx.progress), splits=())
     return {"eval/semisup_fractions": ",".join(map(str, c.semisup_fractions)),
             "eval/distill_temperature": c.distill_temperature,
-            "eval/finetune_steps": c.finetune_steps, "eval/finetune_batch_size": c.finetune_batch_size}
+            "eval/finetune_steps": steps, "eval/finetune_batch_size": bs}
 
 
 def _align_uniform(ctx: Context) -> dict[str, Any]:

@@ -27,6 +27,9 @@ from harness.core.config import flatten, load_yaml, parse_overrides
 from harness.core.errors import SSLBenchError
 from harness.train.config import RunConfig, resolve
 
+STORE_HELP = ("the MLflow store, also written tracking.uri=URI as on every command (default: $MLFLOW_TRACKING_URI, "
+              "else sqlite results/mlflow.db)")
+
 # Each command imports the layer it runs when it runs (below, in its function): building the parser
 # needs only the config and the protocol table, so `sslbench --help` answers without loading torch.
 
@@ -38,6 +41,23 @@ def _config_keys_help() -> str:
     keys = flatten(RunConfig())
     return "config keys (defaults):\n" + "\n".join(f"  {k} = {v!r}" for k, v in keys.items() if k != "method_cfg") + \
         "\n  method_cfg.<key> = the method's own settings (see 'sslbench methods --verbose')"
+
+
+def _suites_help() -> str:
+    """The built-in suites with their descriptions (read from the YAML files: no torch, no MLflow)."""
+    import yaml
+
+    from harness.core.config import CONFIG_DIR
+
+    lines = []
+    for f in sorted((CONFIG_DIR / "suites").glob("*.yaml")):
+        try:
+            desc = str((yaml.safe_load(f.read_text()) or {}).get("description", ""))
+        except (OSError, yaml.YAMLError):
+            desc = "(unreadable)"
+        lines.append(f"  {f.stem:18s} {desc}")
+    return "built-in suites:\n" + "\n".join(lines) + "\n\nA token with '=' is an override, never the suite name: " \
+        "'sslbench run --methods simclr,byol budget.value=30' runs the default suite."
 
 
 def _cfg(args, overrides: dict | None = None) -> RunConfig:
@@ -150,8 +170,12 @@ def cmd_check(args) -> int:
         suite["seeds"] = _seed_list(args.seeds)
     if args.methods:
         suite["methods"] = _method_list(args.methods)
-    baseline_path = Path(args.baseline)
+    baseline_path = Path(args.baseline) if args.baseline else check.default_baseline()
     baseline = None if args.update_baseline else check.load_baseline(baseline_path)  # before any training
+    if args.update_baseline:
+        check.ensure_writable(baseline_path)                                        # also before training
+    print(f"sslbench: check: suite '{suite['name']}' ({len(suite['methods'])} methods x {len(suite['seeds'])} seeds) "
+          f"against {baseline_path}", file=sys.stderr)
     results = run_suite(suite, overrides, resume=False)
     current = check.current_values(results, args.metric)
     if args.update_baseline:
@@ -237,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "\n".join(f"  {p.name}: {p.summary}" for p in PROTOCOLS.values()).replace("%", "%%"))
 
     sp = add("run", "run a suite (pretrain + evaluate several methods, plus random-init rows) and print the leaderboard",
-             cmd_run, overrides=False)
+             cmd_run, overrides=False, epilog=_suites_help())
     sp.add_argument("suite", nargs="?", default="default",
                     help="a suite YAML path or a built-in suite name (default: 'default', Fashion-MNIST)")
     sp.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run of the suite")
@@ -245,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", help="comma-separated seeds, replacing the suite's")
     sp.add_argument("--methods", help="comma-separated methods (or 'all'), replacing the suite's list; the "
                                       "suite's per-method settings still apply")
-    sp.add_argument("--out", default="results", help="where leaderboards are written (default: results/)")
+    sp.add_argument("--tables", "--out", dest="out", default="results", metavar="DIR",
+                    help="where the leaderboard tables are written (default: results/); the run folders "
+                         "(checkpoints, logs) go to out_dir=DIR (default: runs/)")
 
     sp = add("leaderboard", "print and write leaderboards (Markdown, CSV, HTML, PNG) from the MLflow store", cmd_leaderboard,
              overrides=False)
@@ -255,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--budget", help="e.g. seconds=240.0")
     sp.add_argument("--sort", default=HEADLINE, help=f"metric to sort rows by (default {HEADLINE})")
     sp.add_argument("--out", default="results", help="output folder (default: results/)")
-    sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+    sp.add_argument("--tracking-uri", metavar="URI", help=STORE_HELP)
     sp.add_argument("--replot", metavar="CSV", help="only redraw the PNGs of a written leaderboard.csv, beside it "
                                                      "(no store needed)")
 
@@ -265,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("b", help="candidate: a runs.csv, commit:SHA or experiment:NAME")
     sp.add_argument("--metric", action="append", help=f"metric(s) to compare (default: {' and '.join(HEADLINE_METRICS)})")
     sp.add_argument("--tolerance", type=float, default=1.0, help="smallest drop (in metric units) called a regression")
-    sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+    sp.add_argument("--tracking-uri", metavar="URI", help=STORE_HELP)
 
     sp = add("check", "CI performance gate: run the CI suite and compare with the committed baseline (exit 1 on failure)",
              cmd_check, overrides=False)
@@ -274,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--methods", help="comma-separated subset of the suite's methods")
     sp.add_argument("--seeds", help="comma-separated seeds (default: the suite's)")
     sp.add_argument("--metric", default=HEADLINE, help=f"the gated metric (default {HEADLINE})")
-    sp.add_argument("--baseline", default=str(Path("results/ci/baseline.csv")))
+    sp.add_argument("--baseline", metavar="CSV", help="the baseline (default: results/ci/baseline.csv of this folder, "
+                                                      "else of the sslbench checkout)")
     sp.add_argument("--update-baseline", action="store_true", help="write the baseline from this run's seeds")
     sp.add_argument("--k", type=float, default=3.0, help="band = max(k x seed std, --min-band)")
     sp.add_argument("--min-band", type=float, default=1.0)
@@ -284,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("ui", "start the MLflow UI on 127.0.0.1 against the same store (Ctrl-C stops it)", cmd_ui, overrides=False)
     sp.add_argument("--port", type=int, default=5000)
-    sp.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or results/mlflow.db)")
+    sp.add_argument("--tracking-uri", metavar="URI", help=STORE_HELP)
     sp.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
     sp.add_argument("--start-timeout", type=float, default=60)
     return p
@@ -293,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = build_parser()
+    argv = _one_flag_style(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "fn", None) is cmd_run and args.suite and "=" in args.suite:
+        # argparse fills the optional suite positional with the first free token: an override is never a suite
+        args.overrides = [args.suite, *(args.overrides or [])]
+        args.suite = "default"
     # key=value overrides may come after options (argparse stops collecting positionals there)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
@@ -314,7 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sslbench: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        how = {cmd_pretrain: "rerun with --resume to continue from the last checkpoint",
+               cmd_run: "rerun with --resume to skip finished runs and continue the interrupted one",
+               cmd_check: "rerun 'sslbench check' (the gate always trains its suite from the start)"}.get(
+                   args.fn, "nothing was left half-written")
+        print(f"sslbench: interrupted; {how}", file=sys.stderr)
         return 130
     except OSError as e:
         if e.errno not in FILESYSTEM_ERRORS:
@@ -330,6 +366,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslbench: error: the tracking store failed ({type(e).__name__}: {first}); check tracking.uri, "
               "the server or the disk", file=sys.stderr)
         return 2
+
+
+def _one_flag_style(argv: list[str]) -> list[str]:
+    """One spelling of a setting on every command: ``key=value`` (``tracking.uri=URI``). The older
+    ``--tracking-uri URI`` is accepted everywhere as an alias; on the commands that take no other
+    config keys (leaderboard, compare, ui) ``tracking.uri=URI`` is read as that option."""
+    if not argv:
+        return argv
+    takes_keys = argv[0] in ("pretrain", "eval", "run", "check")
+    out, i = [argv[0]], 1
+    while i < len(argv):
+        a, value = argv[i], None
+        if a == "--tracking-uri" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif a.startswith(("--tracking-uri=", "tracking.uri=")):
+            value, i = a.split("=", 1)[1], i + 1
+        else:
+            out.append(a)
+            i += 1
+            continue
+        out += [f"tracking.uri={value}"] if takes_keys else ["--tracking-uri", value]
+    return out
 
 
 FILESYSTEM_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,

@@ -39,3 +39,30 @@ def test_check_fails_on_a_broken_method(tmp_path, monkeypatch):
     rc = main(["check", "--methods", "moco_v2", "--baseline", os.path.join(root, "results/ci/baseline.csv"),
                f"data.data_dir={CIFAR_NPZ}", "optim.lr=0.0", "out_dir=" + str(tmp_path / "runs")])
     assert rc == 1
+
+
+def test_the_band_is_two_sided_in_words_and_the_baseline_is_found_from_anywhere(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from harness.core.errors import SSLBenchError
+    from harness.report.check import BASELINE, CHECKOUT, default_baseline, ensure_writable, judge, table
+
+    base = pd.DataFrame({"method": ["a", "b"], "metric": "m", "mean": [50.0, 50.0], "std": [0.5, 0.5], "n": [3, 3]})
+    cur = pd.DataFrame({"method": ["a", "b"], "m": [40.0, 60.0]})
+    text = table(judge(cur, base, k=3.0, min_band=1.0))
+    assert text.count("outside the band") == 2 and "10.00 under" in text and "10.00 over" in text
+    assert "below" not in text
+    monkeypatch.chdir(tmp_path)                       # outside the checkout: the checkout's own baseline
+    assert default_baseline() == CHECKOUT / BASELINE and default_baseline().exists()
+    (tmp_path / BASELINE).parent.mkdir(parents=True)
+    (tmp_path / BASELINE).write_text("method,metric,mean,std,n\n")
+    assert default_baseline() == (tmp_path / BASELINE).resolve()   # a folder's own baseline wins
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if not os.access(ro, os.W_OK):                # (root writes anywhere)
+            with pytest.raises(SSLBenchError, match="cannot write the baseline"):
+                ensure_writable(ro / "sub" / "baseline.csv")
+    finally:
+        ro.chmod(0o700)

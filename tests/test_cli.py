@@ -131,3 +131,35 @@ def test_run_leaderboard_follows_a_tracking_experiment_override(tmp_path):
     board = (tmp_path / "res" / "elsewhere" / "leaderboard.csv").read_text()
     assert "simclr" in board and "random_init" in board
     assert not (tmp_path / "res" / "tiny").exists()
+
+
+def test_an_override_is_never_taken_for_the_suite_and_run_help_lists_the_suites(tmp_path, monkeypatch):
+    import harness.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_run", lambda args: seen.update(suite=args.suite, overrides=args.overrides,
+                                                                  methods=args.methods) or 0)
+    assert cli.main(["run", "--methods", "simclr,byol", "budget.value=30", "seed=1"]) == 0
+    assert seen == {"suite": "default", "overrides": ["budget.value=30", "seed=1"], "methods": "simclr,byol"}
+    assert cli.main(["run", "ci", "budget.value=30"]) == 0 and seen["suite"] == "ci"
+    r = sslbench("run", "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for f in (ROOT / "harness" / "configs" / "suites").glob("*.yaml"):
+        import yaml
+
+        desc = yaml.safe_load(f.read_text())["description"]
+        assert f"{f.stem}" in r.stdout and desc.split(",")[0] in r.stdout, f.stem
+
+
+def test_the_store_is_spelled_one_way_on_every_command(tmp_path):
+    from harness.cli import _one_flag_style
+
+    assert _one_flag_style(["pretrain", "--tracking-uri", "sqlite:///a.db", "seed=1"]) == \
+        ["pretrain", "tracking.uri=sqlite:///a.db", "seed=1"]
+    assert _one_flag_style(["leaderboard", "tracking.uri=sqlite:///a.db"]) == ["leaderboard", "--tracking-uri", "sqlite:///a.db"]
+    assert _one_flag_style(["compare", "tracking.uri=x", "a.csv", "b.csv"]) == ["compare", "--tracking-uri", "x", "a.csv", "b.csv"]
+    # both spellings reach the store: an empty store named either way is the one the error names
+    for args in (["leaderboard", f"tracking.uri=sqlite:///{tmp_path}/other.db"],
+                 ["leaderboard", "--tracking-uri", f"sqlite:///{tmp_path}/other.db"]):
+        r = sslbench(*args, cwd=tmp_path)
+        _one_line_error(r, "other.db")

@@ -124,3 +124,39 @@ def test_batch_indices_are_epoch_permutations():
     assert sorted(seen.tolist()) == list(range(100))
     assert torch.equal(batch_indices(n, b, 13, 1), batch_indices(n, b, 13, 1))
     assert not torch.equal(batch_indices(n, b, 3, 1), batch_indices(n, b, 13, 1))
+
+
+def _folder(root, sizes, mode="L", split="val"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sp in ("train", split):
+        for c in ("a", "b"):
+            d = root / sp / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i, (w, h) in enumerate(sizes):
+                px = rng.integers(0, 255, (h, w) if mode == "L" else (h, w, 3)).astype(np.uint8)
+                Image.fromarray(px, mode).save(d / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_keeps_its_native_size_and_grayscale_and_says_so(tmp_path, capsys):
+    from PIL import Image
+
+    from harness.data.sources import imagefolder
+
+    root = _folder(tmp_path / "g", [(28, 28)] * 3)
+    ds = imagefolder(str(root))
+    assert tuple(ds.x_train.shape) == (6, 1, 28, 28) and tuple(ds.x_test.shape) == (6, 1, 28, 28)
+    with Image.open(root / "train" / "b" / "2.png") as im:            # the pixels themselves, untouched
+        assert torch.equal(ds.x_train[5, 0], torch.from_numpy(np.array(im)))
+    err = capsys.readouterr().err
+    assert "native size 28x28" in err and "grayscale (1 channel)" in err and "6 train / 6 val" in err
+    # test/ is the evaluation split when there is no val/; RGB stays 3 channels; data.image_size resizes
+    rgb = imagefolder(str(_folder(tmp_path / "c", [(20, 20)] * 2, mode="RGB", split="test")), image_size=16)
+    assert tuple(rgb.x_test.shape) == (4, 3, 16, 16)
+    assert "resized to 16x16" in capsys.readouterr().err
+    # one shared non-square size: a centre square at the short side; mixed sizes: 64, said
+    assert imagefolder(str(_folder(tmp_path / "r", [(30, 24)] * 2))).image_size == 24
+    mixed = imagefolder(str(_folder(tmp_path / "m", [(28, 28), (40, 40)])))
+    assert mixed.image_size == 64 and "sizes differ (28x28 .. 40x40)" in capsys.readouterr().err

@@ -2,11 +2,12 @@
 LocalMIM, SimMIM, Feature Distillation): the resumed run ends with an uninterrupted run's weights
 (mask tokens, every decoder, the tokenizer; FD's teacher reloaded from its checkpoint)."""
 
+from test_kills_pretext import kill_then_resume
+from test_methods_mim import MIM, fd_cfg, run_cfg
+
 from harness.data.sources import synthetic
 from harness.train.config import resolve
 from harness.train.trainer import Trainer
-from test_kills_pretext import kill_then_resume
-from test_methods_mim import MIM, fd_cfg, run_cfg
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):

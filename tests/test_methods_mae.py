@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from harness import patchify, random_masking, sincos_pos_embed_2d, unpatchify
 from harness.core.errors import ConfigError
 from harness.train.build import build_method, data_info, load_trained_method
 from harness.train.config import resolve
 from harness.train.trainer import Trainer
 from methods.losses import mae_loss
-from harness import patchify, random_masking, sincos_pos_embed_2d, unpatchify
 
 
 def test_patchify_layout_and_roundtrip():

@@ -13,7 +13,7 @@ from harness.data.masking import block_mask, random_mask, upsample_mask
 from harness.data.sources import synthetic
 from harness.data.tiles import hog_cells
 from harness.models.backbones import build_backbone
-from harness.models.vit import input_tokens, run_blocks
+from harness.models.vit import input_tokens
 from harness.train.config import resolve
 from harness.train.trainer import Trainer
 from methods.deepmim import taps_of
@@ -163,8 +163,8 @@ def test_encoder_taps_are_the_block_outputs_of_the_visible_tokens():
 def test_deepmim_loss_is_the_sum_of_its_decoders():
     ds = synthetic(n_train=64, n_test=16, image_size=16)
     t = Trainer(run_cfg("deepmim"), ds, "unused")
-    from harness.method.contract import Batch, StepInfo
     from harness.data.views import Views
+    from harness.method.contract import Batch, StepInfo
 
     out = t.method.training_step(Batch(Views([torch.randn(4, 3, 16, 16)], None, None), torch.arange(4)),
                                  StepInfo(0, 0.0, None, torch.Generator().manual_seed(0)))
@@ -390,8 +390,8 @@ def test_whitening_is_a_non_parametric_layer_norm_per_location():
 
 
 def test_feature_distillation_names_its_teacher_and_records_differ_by_teacher(teachers):
-    from harness.core.identity import identity
     from harness.core.config import flatten
+    from harness.core.identity import identity
 
     ds = synthetic(n_train=64, n_test=16, image_size=16)
     ids = {}

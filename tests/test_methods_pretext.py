@@ -4,7 +4,6 @@ seed patches, colour priors, instance classifiers) come back from the checkpoint
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

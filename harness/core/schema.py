@@ -22,7 +22,7 @@ class DataConfig:
     data_dir: str | None = None          # where the dataset lives; None = its standard place
     label: str | None = field(default=None, metadata={"pattern": NAME})  # the name in run names and tables;
     #                                      None = the dataset's own (an image folder's or .npz file's name)
-    image_size: int | None = positive(None)  # resize to this side (any layout); None = native size (folders: 64)
+    image_size: int | None = positive(None)  # resize to this side (any layout); None = native size (a folder of mixed sizes: 64)
     train_subset: int | None = positive(None)  # N train images, stratified by class and seeded (tests, smoke runs)
     test_subset: int | None = positive(None)
     subset_seed: int = 0                 # the seed of the subsets' draw (the same for every run seed)

@@ -7,8 +7,9 @@
   carries any other pickle payload is refused), or an ``.npz`` with
   ``x_train, y_train, x_test, y_test``.
 * ``npz``: any such ``.npz`` file (``data.data_dir`` is the file).
-* ``imagefolder``: ImageNet-style ``root/{train,val}/<class>/<image>``, resized to
-  ``data.image_size`` (default 64) and held in memory.
+* ``imagefolder``: ImageNet-style ``root/{train,val}/<class>/<image>`` (``test/`` when there is no
+  ``val/``), at the images' native size when they share one (else 64; ``data.image_size`` resizes),
+  grayscale kept as one channel, held in memory.
 * ``synthetic``: small generated data for tests only.
 
 Nothing is downloaded: a missing dataset is a :class:`DataError` saying where we looked and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+import sys
 import zipfile
 from pathlib import Path
 
@@ -221,41 +223,89 @@ def npz(data_dir: str | None = None, **_) -> ImageDataset:
 IMG_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 
-def _read_folder(root: Path, size: int, classes: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def _folder_files(root: Path, classes: list[str] | None) -> tuple[list[tuple[Path, int]], list[str]]:
+    classes = classes or sorted(d.name for d in root.iterdir() if d.is_dir())
+    files = [(f, ci) for ci, c in enumerate(classes) if (root / c).is_dir()
+             for f in sorted((root / c).iterdir()) if f.suffix.lower() in IMG_EXT]
+    if not files:
+        raise DataError(f"{root}: no images found in class sub-folders (one folder per class, images with "
+                        f"extensions {', '.join(sorted(IMG_EXT))})")
+    return files, classes
+
+
+def _survey(files: list[tuple[Path, int]]) -> tuple[set[tuple[int, int]], bool]:
+    """The image sizes and whether every image is grayscale (headers only: no pixels decoded)."""
     from PIL import Image
 
-    classes = classes or sorted(d.name for d in root.iterdir() if d.is_dir())
+    sizes, gray = set(), True
+    for f, _ in files:
+        try:
+            with Image.open(f) as im:
+                sizes.add(im.size)
+                gray = gray and im.mode in GRAY_MODES
+        except OSError as e:
+            raise DataError(f"{f}: unreadable image ({e}); remove or replace it") from None
+    return sizes, gray
+
+
+def _read_folder(files: list[tuple[Path, int]], size: int, gray: bool) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
     xs, ys = [], []
-    for ci, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()) if (root / c).is_dir() else []:
-            if f.suffix.lower() not in IMG_EXT:
-                continue
-            try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    w, h = im.size
-                    s = min(w, h)  # centre square crop, then resize
-                    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BILINEAR)
-                    xs.append(np.asarray(im, dtype=np.uint8))
-                    ys.append(ci)
-            except OSError as e:
-                raise DataError(f"{f}: unreadable image ({e}); remove or replace it") from None
-    if not xs:
-        raise DataError(f"{root}: no images found in class sub-folders")
-    return np.stack(xs), np.asarray(ys, dtype=np.int64), classes
+    for f, ci in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if gray else "RGB")
+                w, h = im.size
+                s = min(w, h)  # centre square crop, then resize (none when the side is already `size`)
+                if (w, h) != (s, s):
+                    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                if s != size:
+                    im = im.resize((size, size), Image.BILINEAR)
+                xs.append(np.asarray(im, dtype=np.uint8))
+                ys.append(ci)
+        except OSError as e:
+            raise DataError(f"{f}: unreadable image ({e}); remove or replace it") from None
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+DEFAULT_FOLDER_SIZE = 64   # the side used when a folder's images do not share one size
 
 
 @DATASETS.register("imagefolder")
 def imagefolder(data_dir: str | None = None, image_size: int | None = None, **_) -> ImageDataset:
+    """``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (or ``ROOT/test/``): the
+    evaluation split is val/ (test/ when there is no val/); the classes are the sub-folders of
+    train/ (sorted; the same names in val/). Images are centre-cropped to a square and kept at their
+    native side when they all share one (``data.image_size`` resizes); grayscale folders stay one
+    channel, anything else is RGB. One line at load says what was done."""
     if not data_dir:
         raise DataError("dataset 'imagefolder' needs data.data_dir=ROOT with ROOT/train/<class>/* and ROOT/val/<class>/*")
     root = Path(data_dir).expanduser()
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
         raise DataError(f"{root}: expected sub-folders train/ and val/ (or test/), each with one folder per class")
-    size = image_size or 64
-    xtr, ytr, classes = _read_folder(root / "train", size, None)
-    xte, yte, _ = _read_folder(test_dir, size, classes)
+    train_files, classes = _folder_files(root / "train", None)
+    test_files, _ = _folder_files(test_dir, classes)
+    sizes, gray = _survey(train_files + test_files)
+    sides = {min(w, h) for w, h in sizes}
+    if image_size:
+        size, how = image_size, f"resized to {image_size}x{image_size} (data.image_size)"
+    elif len(sides) == 1:
+        size = sides.pop()
+        how = f"native size {size}x{size}" + ("" if sizes == {(size, size)} else " (centre-cropped to a square)")
+    else:
+        size = DEFAULT_FOLDER_SIZE
+        lo, hi = min(sizes, key=lambda s: s[0] * s[1]), max(sizes, key=lambda s: s[0] * s[1])
+        how = (f"sizes differ ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): centre-cropped and resized to {size}x{size} "
+               f"(set data.image_size=N to choose)")
+    xtr, ytr = _read_folder(train_files, size, gray)
+    xte, yte = _read_folder(test_files, size, gray)
+    print(f"sslbench: {root}: {len(ytr)} train / {len(yte)} {test_dir.name} images, {len(classes)} classes, {how}, "
+          + ("grayscale (1 channel)" if gray else "RGB (3 channels)"), file=sys.stderr)
     return ImageDataset(root.name, to_tensor_nchw(xtr), torch.from_numpy(ytr), to_tensor_nchw(xte),
                         torch.from_numpy(yte), len(classes), classes, source=str(root))
 

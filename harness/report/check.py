@@ -14,6 +14,7 @@ behaviour changed; an intended improvement is recorded by updating the baseline.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ import pandas as pd
 from harness.core.errors import SSLBenchError
 
 BASELINE = Path("results/ci/baseline.csv")
+CHECKOUT = Path(__file__).resolve().parents[2]   # the source checkout this package runs from
+
+
+def default_baseline() -> Path:
+    """``results/ci/baseline.csv`` of the current folder when it has one, else the checkout's own (so
+    the gate works from any folder of an editable install); a path the user gives is theirs."""
+    here = BASELINE.resolve()
+    return here if here.exists() or not (CHECKOUT / BASELINE).exists() else CHECKOUT / BASELINE
 
 
 @dataclass
@@ -77,7 +86,9 @@ def table(verdicts: list[Verdict]) -> str:
             return "ok"
         if not np.isfinite(v.value):
             return "MISSING"
-        return "FAIL (below)" if v.value < v.mean else "FAIL (above: behaviour changed; update the baseline if intended)"
+        side = "under" if v.value < v.mean else "over"
+        return (f"FAIL (outside the band, {abs(v.value - v.mean):.2f} {side} the mean: behaviour changed; "
+                "update the baseline if intended)")
 
     rows = [[v.method, v.metric, f"{v.value:.2f}", f"{v.mean:.2f} ± {v.std:.2f} ({v.n})",
              f"{v.mean - v.band:.2f} .. {v.mean + v.band:.2f}", result(v)] for v in verdicts]
@@ -106,6 +117,15 @@ def write_baseline(current: pd.DataFrame, path: Path, metric: str) -> pd.DataFra
     path.parent.mkdir(parents=True, exist_ok=True)
     base.to_csv(path, index=False)
     return base
+
+
+def ensure_writable(path: Path) -> None:
+    """Refuse, before any training, a baseline path that cannot be written."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise SSLBenchError(f"cannot write the baseline {path} (no write permission in {folder}); choose --baseline PATH")
 
 
 def gate(current: pd.DataFrame, baseline: pd.DataFrame, methods: list[str], k: float = 3.0,

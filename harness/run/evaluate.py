@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from evals.config import finetune_budget
 from evals.evaluate import evaluate
 from evals.features import scored_encoder
 from harness.core.config import flatten
@@ -40,7 +41,9 @@ def evaluate_encoder(encoder: torch.nn.Module, ds: ImageDataset, cfg: RunConfig,
     """Score ``encoder`` (or what ``eval.features`` reads from it, or ``projector``) with the shared evaluator."""
     cache = Path(cfg.out_dir) / "feature-cache"
     module = scored_encoder(encoder, projector, cfg.eval.features)
-    return evaluate(module, ds, cfg.eval, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress)
+    steps, bs = finetune_budget(cfg.eval, cfg.budget.kind, cfg.budget.value)   # the pretraining budget's class
+    ecfg = dataclasses.replace(cfg.eval, finetune_steps=steps, finetune_batch_size=bs)
+    return evaluate(module, ds, ecfg, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress)
 
 
 def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None:

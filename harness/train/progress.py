@@ -17,11 +17,13 @@ class TrainingBar:
         from tqdm.auto import tqdm
 
         self.by_steps = total_steps is not None
+        # a terminal redraws every second; a log file (CI, a cluster job) gets a line every 30 s
+        every = 1.0 if getattr(sys.stderr, "isatty", lambda: False)() else 30.0
         if self.by_steps:
-            self.bar = tqdm(total=total_steps, initial=step, desc=desc, unit="step", mininterval=1.0,
+            self.bar = tqdm(total=total_steps, initial=step, desc=desc, unit="step", mininterval=every,
                             dynamic_ncols=True, file=sys.stderr)
         else:
-            self.bar = tqdm(total=float(budget_seconds), initial=elapsed, desc=desc, unit="s", mininterval=1.0,
+            self.bar = tqdm(total=float(budget_seconds), initial=elapsed, desc=desc, unit="s", mininterval=every,
                             dynamic_ncols=True, file=sys.stderr,
                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}s budget [{elapsed}<{remaining}{postfix}]")
 
