@@ -245,3 +245,25 @@ def test_seconds_spent_on_other_hardware_never_share_a_row_nor_a_resume(env, mon
     (folder / "run.json").write_text(json.dumps(state))
     monkeypatch.setattr(trainer_mod, "hardware", lambda device, processes: "CPU C, 2 threads")
     assert main([*secs, "tracking.experiment=secs", f"out_dir={env / 'CPU B'}", "--resume"]) == 2
+
+
+def test_curves_are_dense_enough_to_plot_for_every_budget_kind(env):
+    from harness.tracking.query import metric_history
+    from harness.train.trainer import CURVE_POINTS
+
+    base = ["pretrain", "method=simclr", "data.name=synthetic", *TINY, f"out_dir={env / 'runs'}", "--no-eval"]
+    steps = [a if a != "budget.value=2" else "budget.value=30" for a in base]
+    assert main([*steps, "tracking.experiment=steps"]) == 0
+    secs = [a if a != "budget.kind=steps" else "budget.kind=seconds" for a in base]
+    secs = [a if a != "budget.value=2" else "budget.value=3" for a in secs]
+    assert main([*secs, "tracking.experiment=secs"]) == 0
+    for exp in ("steps", "secs"):
+        run = fetch_runs([exp]).iloc[0]
+        n = int(run["metrics.pretrain/steps"])
+        loss = metric_history(run["run_id"], "train/loss")
+        rate = metric_history(run["run_id"], "train/img_per_s")
+        assert len(loss) == len(rate) and all(v > 0 for _, v in rate)
+        if exp == "steps":
+            assert [s for s, _ in loss] == list(range(1, 31))                # 30 steps: every one
+        else:
+            assert len(loss) >= min(n, CURVE_POINTS) * 0.9 and len(loss) >= 10, (len(loss), n)

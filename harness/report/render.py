@@ -104,7 +104,7 @@ def tables_from_csv(path: str | Path) -> list[Table]:
 
 def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = "", title: str = "",
           meta: str = "") -> list[Path]:
-    """Write Markdown, CSV and HTML (and PNG plots) under ``out_dir``; returns the paths."""
+    """Write Markdown, CSV, HTML, LaTeX (and PNG plots) under ``out_dir``; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# Leaderboard: {title or stem}", ""]
@@ -117,6 +117,10 @@ def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = ""
     _write_atomic(paths[0], "\n".join(md) + "\n")
     _write_atomic(paths[1], pd.concat([flat_csv(t) for t in tables], ignore_index=True).to_csv(index=False))
     _write_atomic(paths[2], html_page(tables, title or stem, command, meta))
+    from harness.report.latex import document
+
+    paths.append(out / f"{stem}.tex")
+    _write_atomic(paths[-1], document(tables, title or stem))
     paths += plot(tables, out, stem)
     paths += plot_budget_curves(tables, out, stem)
     return paths

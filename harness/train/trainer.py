@@ -50,6 +50,9 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
+CURVE_POINTS = 200   # train/* points logged per run (at most one per step)
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**62)
 
@@ -205,7 +208,11 @@ class Trainer:
         last_ckpt_time = time.monotonic()
         last_ckpt_step = self.step
         images_per_step = cfg.optim.batch_size
-        log_every = max(1, min(50, (self.total or 10**9) // 20 or 1))
+        # curves dense enough to plot: ~CURVE_POINTS points per run (every step when it has fewer), by step
+        # count when the budget is one, else by progress (seconds, flops); logging never touches the RNGs
+        log_every = max(1, (self.total or 0) // CURVE_POINTS) if self.total is not None else None
+        next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
+        last_log = (time.perf_counter(), self.step)
         if self.step == 0 and self.method.wants_prepare_pass():
             self._prepare_pass(x_all, amp)
         while self.progress() < 1.0 and (stop_after is None or self.step < stop_after):
@@ -262,9 +269,15 @@ class Trainer:
             dt = time.perf_counter() - t0
             self.elapsed += dt
             self.last_loss = float(global_loss)
-            if self.step % log_every == 0 or self.step == 1:
+            due = self.step % log_every == 0 if log_every else self.progress() >= next_mark
+            if due or self.step == 1:
+                if not log_every:
+                    next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
+                now_t = time.perf_counter()
+                rate = (self.step - last_log[1]) * images_per_step / max(now_t - last_log[0], 1e-9)
+                last_log = (now_t, self.step)
                 metrics = {"train/loss": self.last_loss, "train/lr": self.base_lr * lr_factor,
-                           "train/progress": self.progress()}
+                           "train/progress": self.progress(), "train/img_per_s": rate}
                 for k, v in out.items():
                     if k != "loss" and torch.is_tensor(v) and v.numel() == 1:
                         metrics[f"train/{k}"] = float(v)
