@@ -209,7 +209,7 @@ CASES = [
     (["run", "@suite_no_methods.yaml"], "a suite needs a non-empty 'methods' list"),
     (["run", "default", "optim.lr=-1"], "'optim.lr': must be > 0"),
     # leaderboard
-    (["leaderboard", "--experiment", "nope", "--out", "board"], "no finished runs in experiment 'nope'"),
+    (["leaderboard", "--experiment", "nope", "--out", "board"], "no finished, evaluated runs in experiment 'nope'"),
     (["leaderboard", "--budget", "minutes=3", "--out", "board"], "kind must be one of"),
     (["leaderboard", "--replot", "@missing.csv"], "no such file"),
     (["leaderboard", "--replot", "@nocols.csv"], "not a leaderboard CSV"),

@@ -25,7 +25,8 @@ def export_leaderboard(experiment: str | None, uri: str | None, out: str | Path,
     tables = build(runs, dataset=dataset, backbone=backbone, budget=budget, sort=sort)
     if not tables:
         where = f"experiment '{experiment}'" if experiment else "the store"
-        raise SSLBenchError(f"no finished runs in {where} ({tracking_uri(uri)}); run 'sslbench run' first")
+        raise SSLBenchError(f"no finished, evaluated runs in {where} ({tracking_uri(uri)}); run 'sslbench run' first "
+                            "(runs trained with --no-eval are scored by 'sslbench eval CHECKPOINT')")
     for t in tables:
         print()
         print(plain(t))

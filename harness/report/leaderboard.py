@@ -164,6 +164,9 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
                     row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
                 rows.append(row)
         frame = pd.DataFrame(rows)
+        scored = [f"{c.metric}/n" for c in protocol_columns()]
+        if not any(frame[k].max() > 0 for k in scored if k in frame):
+            continue                   # runs without any evaluation: not a leaderboard (its cells would all be empty)
         ids = tuple(sorted(set(g["run_id"].dropna().astype(str)))) if "run_id" in g else ()
         key = f"{sort}/mean"
         if key in frame:

@@ -88,7 +88,8 @@ def _label(r) -> str:
     return f"{'random init' if r['method'] == RANDOM_INIT else r['method']} ({r['backbone']})"
 
 
-def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> list[Path]:
+def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = HEADLINE_METRICS,
+         on_figure=None) -> list[Path]:
     """One PNG per table: horizontal bars of the headline metrics (mean, 95% CI whiskers), one row per
     (method, backbone) sorted by the first metric, random-init rows grey; beside it the
     alignment/uniformity scatter, each point numbered as its bar row and named in a legend."""
@@ -100,7 +101,8 @@ def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = H
 
     names = {c.metric: c.header for c in columns()}
     paths = []
-    for i, t in enumerate(tables):
+    tables = [t for t in tables if any(f"{m}/n" in t.frame and t.frame[f"{m}/n"].max() > 0 for m in metrics)]
+    for i, t in enumerate(tables):    # a table without any headline metric has no bars to draw: no PNG
         shown = [m for m in metrics if f"{m}/n" in t.frame and t.frame[f"{m}/n"].max() > 0]
         f = t.frame.sort_values(f"{shown[0]}/mean" if shown else "method", ascending=True,
                                 na_position="first").reset_index(drop=True)
@@ -121,18 +123,23 @@ def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = H
             ok = np.isfinite(err) & np.isfinite(mean)   # no whisker for single-seed cells (no interval)
             if ok.any():
                 ax.errorbar(mean[ok], (y + off)[ok], xerr=err[ok], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-            for b, r in zip(bars, rand):
+            for b, r, v in zip(bars, rand, mean):
                 if r:   # the floor: random-init rows hatched, in the metric's colour
                     b.set_facecolor("white")
                     b.set_edgecolor(f"C{j}")
                     b.set_hatch("///")
+                if np.isfinite(v):   # the value on its bar (inside, left of the whisker)
+                    ax.text(b.get_x() + 1.0, b.get_y() + b.get_height() / 2, f"{v:.1f}", va="center", ha="left",
+                            fontsize=max(5.5, min(8.0, 60 * height / max(1, n) ** 0.5)),
+                            color="black" if r else "white", fontweight="bold", clip_on=True,
+                            bbox=dict(facecolor="white", edgecolor="none", pad=0.5) if r else None)
         labels = [f"{n - k}. {_label(r)}" for k, (_, r) in enumerate(f.iterrows())]   # rank 1 = best, at the top
         ax.set_yticks(y, labels, fontsize=8)
         ax.set_ylim(-0.6, n - 0.4)
         lo = np.nanmin([f[f"{m}/mean"].min() for m in shown]) if shown else np.nan
         hi = np.nanmax([(f[f"{m}/mean"] + f[f"{m}/ci"].fillna(0)).max() for m in shown]) if shown else np.nan
         if np.isfinite(lo) and np.isfinite(hi):
-            ax.set_xlim(max(0.0, lo - 8), min(100.0, hi + 3))
+            ax.set_xlim(0.0, min(100.0, hi + 3))   # bars start at zero: lengths compare honestly
         ax.grid(axis="x", alpha=0.3)
         ax.set_xlabel("top-1 accuracy (%), mean over seeds with 95% CI")
         n_max = int(max((f[f"{m}/n"].max() for m in shown), default=0))
@@ -140,7 +147,8 @@ def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = H
                      fontsize=10)
         handles = [Patch(color=f"C{j}", label=names.get(m, m)) for j, m in enumerate(shown)]
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="///", label="random init (floor)"))
-        ax.legend(handles=handles, loc="lower right", fontsize=8)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(handles), fontsize=8,
+                  frameon=False)   # below the axis: never over a bar
         if has_au:
             ax2 = axes[0][1]
             markers = "osD^vP*Xh<>"
@@ -178,6 +186,9 @@ def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = H
             ax2.grid(alpha=0.3)
             ax2.set_title("alignment vs uniformity (Wang & Isola, 2020); numbers = bar rank", fontsize=10)
         fig.tight_layout()
+        fig.sslbench_bar_axis = ax   # the bar axis, for tests that read the drawn figure
+        if on_figure:
+            on_figure(fig)
         p = out / f"{stem}{f'-{i}' if len(tables) > 1 else ''}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)

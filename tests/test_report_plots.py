@@ -1,0 +1,47 @@
+"""Plots that tell the truth: bars from zero with their values, nothing drawn (or warned) for what a table lacks."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from harness.report.leaderboard import build
+from harness.report.plots import plot
+from harness.report.render import tables_from_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bars_start_at_zero_and_carry_their_values(tmp_path):
+    tables = tables_from_csv(ROOT / "results/reference/mim_cifar10_cpu/leaderboard.csv")
+    figs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        paths = plot(tables, tmp_path, "board", on_figure=figs.append)
+    assert paths and paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figs[0].sslbench_bar_axis
+    assert ax.get_xlim()[0] == 0.0
+    texts = {t.get_text() for t in ax.texts}
+    frame = tables[0].frame
+    assert {f"{v:.1f}" for v in frame["knn/top1@20/mean"]} <= texts and {f"{v:.1f}" for v in frame["linear/top1/mean"]} <= texts
+
+
+def test_a_table_without_the_metric_draws_nothing_and_warns_nothing(tmp_path):
+    t = tables_from_csv(ROOT / "results/reference/mim_cifar10_cpu/leaderboard.csv")[0]
+    for c in [c for c in t.frame.columns if c.startswith(("knn/", "linear/"))]:
+        t.frame[c] = np.nan if c.endswith(("/mean", "/ci")) else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert plot([t], tmp_path, "empty") == []
+
+
+def test_runs_without_evaluation_make_no_leaderboard(tmp_path, monkeypatch):
+    from harness.cli import main
+    from harness.tracking.query import fetch_runs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    assert main(["pretrain", "method=simclr", "data.name=synthetic", "budget.kind=steps", "budget.value=2",
+                 "optim.batch_size=16", "train.progress=false", "backbone=cnn4", "--no-eval", "out_dir=runs"]) == 0
+    assert build(fetch_runs(None)) == []
+    assert main(["leaderboard", "--out", "board"]) == 2 and not (tmp_path / "board").exists()
