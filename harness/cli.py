@@ -6,6 +6,7 @@
     sslbench leaderboard [--experiment NAME]    tables with 95% CIs from MLflow, written under results/
     sslbench compare A B                        paired regression report between two run sets (exit 1 on regression)
     sslbench check [key=value ...]              CI gate: tiny suite vs the committed baseline (exit 1 on failure)
+    sslbench export CHECKPOINT                  the encoder as a plain (timm-loadable) state dict + a model card
     sslbench methods                            every method with family and paper
     sslbench ui [--port N]                      the MLflow UI on 127.0.0.1 against the same store
 
@@ -221,6 +222,14 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from harness.run.export_model import export
+
+    res = export(args.checkpoint, args.out)
+    print(f"encoder weights: {res['weights']}\nmodel card:      {res['card']}\nload with:       {res['load']}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from harness.tracking.ui import serve_ui
 
@@ -308,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("methods", "list every registered method with its family and paper", cmd_methods, overrides=False)
     sp.add_argument("--verbose", "-v", action="store_true", help="also list each method's config keys and defaults")
+
+    sp = add("export", "write a checkpoint's encoder for downstream use: a plain state dict (timm-loadable where timm "
+                       "builds the backbone) + a JSON of model name, input size and normalisation", cmd_export,
+             overrides=False)
+    sp.add_argument("checkpoint", help="a checkpoint.pt written by 'sslbench pretrain'")
+    sp.add_argument("--out", metavar="DIR", help="where to write encoder.pth + encoder.json (default: export/ beside "
+                                                 "the checkpoint)")
 
     sp = add("ui", "start the MLflow UI on 127.0.0.1 against the same store (Ctrl-C stops it)", cmd_ui, overrides=False)
     sp.add_argument("--port", type=int, default=5000)

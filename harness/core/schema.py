@@ -107,5 +107,6 @@ class TrainConfig:
 class TrackingConfig:
     uri: str | None = None               # None: $MLFLOW_TRACKING_URI, else sqlite under results/
     experiment: str = field(default="sslbench", metadata={"pattern": NAME})   # also a folder name under out_dir
+    log_checkpoint: bool = False         # also log the final checkpoint.pt as an artifact of the run (a copy in the store)
 
 

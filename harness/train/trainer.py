@@ -211,10 +211,10 @@ class Trainer:
         # curves dense enough to plot: ~CURVE_POINTS points per run (every step when it has fewer), by step
         # count when the budget is one, else by progress (seconds, flops); logging never touches the RNGs
         log_every = max(1, (self.total or 0) // CURVE_POINTS) if self.total is not None else None
-        next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
-        last_log = (time.perf_counter(), self.step)
         if self.step == 0 and self.method.wants_prepare_pass():
             self._prepare_pass(x_all, amp)
+        next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
+        last_log = (self.elapsed, self.step)   # img/s per interval of training time, as pretrain/throughput
         while self.progress() < 1.0 and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
             p = self.progress()
@@ -270,16 +270,18 @@ class Trainer:
             self.elapsed += dt
             self.last_loss = float(global_loss)
             due = self.step % log_every == 0 if log_every else self.progress() >= next_mark
-            if due or self.step == 1:
+            if due or self.step == 1 or self.progress() >= 1.0:     # the curve always ends at the last step
                 if not log_every:
                     next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
-                now_t = time.perf_counter()
-                rate = (self.step - last_log[1]) * images_per_step / max(now_t - last_log[0], 1e-9)
-                last_log = (now_t, self.step)
+                rate = (self.step - last_log[1]) * images_per_step / max(self.elapsed - last_log[0], 1e-9)
+                last_log = (self.elapsed, self.step)
                 metrics = {"train/loss": self.last_loss, "train/lr": self.base_lr * lr_factor,
                            "train/progress": self.progress(), "train/img_per_s": rate}
+                # the method's extra scalars: schedules (BYOL's tau, DINO's teacher_temp and momentum,
+                # MoCo v3's momentum) and diagnostics (accuracies, queue use)
                 for k, v in out.items():
-                    if k != "loss" and torch.is_tensor(v) and v.numel() == 1:
+                    if k != "loss" and (torch.is_tensor(v) and v.numel() == 1 or
+                                        isinstance(v, (int, float)) and not isinstance(v, bool)):
                         metrics[f"train/{k}"] = float(v)
                 self._pending.append((metrics, self.step))   # logged once the next checkpoint holds this step
             bar.update(self.step, self.elapsed, dt, self.last_loss, images_per_step)
