@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from evals.budgets import finetune_budget
+
 HEADLINE = "knn/top1@20"          # the headline metric: default sort key, CI gate and compare metric
 HEADLINE_METRICS = (HEADLINE, "linear/top1")
 
@@ -95,7 +97,6 @@ def _linear_lbfgs(ctx: Context) -> dict[str, Any]:
 
 
 def _finetune(ctx: Context) -> dict[str, Any]:
-    from evals.config import finetune_budget
     from evals.finetune import CONVNET_LRS, VIT_LRS, finetune_eval
     from harness.models.backbones import is_vit
 
@@ -114,7 +115,6 @@ def _finetune(ctx: Context) -> dict[str, Any]:
 
 
 def _semisup(ctx: Context) -> dict[str, Any]:
-    from evals.config import finetune_budget
     from evals.semisup import semisup_eval
 
     c, ds = ctx.cfg, ctx.dataset

@@ -30,7 +30,8 @@ def test_finetune_vit_uses_layer_decay(synthetic):
 
 
 def test_the_finetune_budget_follows_the_pretraining_budget_class_and_full_is_one_flag_away():
-    from evals.config import CPU_CLASS, FINETUNE_BUDGETS, EvalConfig, finetune_budget
+    from evals.budgets import CPU_CLASS, FINETUNE_BUDGETS, finetune_budget
+    from evals.config import EvalConfig
 
     auto = EvalConfig()
     for kind, limit in CPU_CLASS.items():

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from evals.config import finetune_budget
+from evals.budgets import finetune_budget
 from evals.evaluate import evaluate
 from evals.features import scored_encoder
 from harness.core.config import flatten
