@@ -18,7 +18,7 @@ def test_band_from_seed_variance():
     assert v["a"].ok and v["a"].band == pytest.approx(3.0)         # 48.5 >= 51 - 3
     assert not v["b"].ok and v["b"].band == pytest.approx(1.0)     # band floor: 38.5 < 40 - 1
     up = check.judge(pd.DataFrame({"method": ["a"], "knn/top1@20": [54.5]}), base[base.method == "a"])
-    assert not up[0].ok and "above" in check.table(up)              # two-sided: 54.5 > 51 + 3
+    assert not up[0].ok and "over the mean" in check.table(up)              # two-sided: 54.5 > 51 + 3
     missing = check.judge(cur[cur.method == "a"], base)
     assert [x.ok for x in missing] == [True, False]
     assert "FAIL" in check.table(check.judge(cur, base)) or "MISSING" in check.table(missing)
