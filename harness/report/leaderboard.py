@@ -164,8 +164,8 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
                     row[f"{metric}/mean"], row[f"{metric}/ci"], row[f"{metric}/n"] = mean, half, n
                 rows.append(row)
         frame = pd.DataFrame(rows)
-        timed = [c for c in g.columns if c.startswith("metrics.eval/")]   # the evaluator times every protocol it runs
-        if not any(g[c].notna().any() for c in timed):
+        scored = [c for c in g.columns if c.startswith("metrics.") and not c.startswith(("metrics.train/", "metrics.pretrain/"))]
+        if not any(g[c].notna().any() for c in scored):
             continue                   # runs without any evaluation: not a leaderboard (its cells would all be empty)
         ids = tuple(sorted(set(g["run_id"].dropna().astype(str)))) if "run_id" in g else ()
         key = f"{sort}/mean"
