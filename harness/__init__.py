@@ -5,7 +5,7 @@ This module is the stable public API for writing a method plugin (built-in or th
 ```python
 from harness import Method, OptimDefaults, ViewRecipe, register_method, mlp
 
-@register_method("mymethod", family="siamese", paper="Me et al., 2026")
+@register_method("mymethod", family="contrastive", paper="Me et al., 2026", venue="ICML 2026")
 class MyMethod(Method):
     Config = MyConfig                                # dataclass of the paper's defaults
     optim = OptimDefaults("lars", base_lr=0.3, weight_decay=1e-6)

@@ -7,7 +7,7 @@
     sslbench compare A B                        paired regression report between two run sets (exit 1 on regression)
     sslbench check [key=value ...]              CI gate: tiny suite vs the committed baseline (exit 1 on failure)
     sslbench export CHECKPOINT                  the encoder as a plain (timm-loadable) state dict + a model card
-    sslbench methods                            every method with family and paper
+    sslbench methods [NAME] [-v]                every method: family, needs, paper, venue
     sslbench ui [--port N]                      the MLflow UI on 127.0.0.1 against the same store
 
 Errors caused by input print one line (``sslbench: error: ...``) and exit with status 2.
@@ -200,25 +200,9 @@ def _seed_list(text: str) -> list[int]:
 
 
 def cmd_methods(args) -> int:
-    from harness.run.plugins import get_method, methods
-    from harness.train.optim import effective_optim
+    from harness.run.method_table import method_card, methods_table
 
-    rows = [(e.name, e.family, e.paper, e.source) for e in methods().values()]
-    w = [max(len(r[i]) for r in rows + [("method", "family", "paper", "source")]) for i in range(3)]
-    print(f"{'method'.ljust(w[0])}  {'family'.ljust(w[1])}  paper")
-    for name, family, paper, source in rows:
-        print(f"{name.ljust(w[0])}  {family.ljust(w[1])}  {paper}" + (f"  [{source}]" if not source.startswith("methods.") else ""))
-        if args.verbose:
-            cls = get_method(name).cls
-            for k, v in flatten(cls.Config()).items():
-                print(f"    method_cfg.{k} = {v!r}")
-            opt = effective_optim(cls.optim, RunConfig().optim)   # what a run gets without a preset or override
-            betas = f", betas {opt.betas}" if opt.name == "adamw" else ""
-            eta = f", trust coefficient {opt.lars_eta}" if opt.name == "lars" else ""
-            mom = f", momentum {opt.momentum}" if opt.name != "adamw" else ""
-            print(f"    optimizer {opt.name}: lr {cls.optim.base_lr} x batch/256 (= {opt.lr:g} at batch "
-                  f"{RunConfig().optim.batch_size}), weight decay {opt.weight_decay:g}{mom}{betas}{eta}; "
-                  "no decay on biases/norms")
+    print(method_card(args.name) if args.name else methods_table(verbose=args.verbose))
     return 0
 
 
@@ -315,8 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", type=float, default=3.0, help="band = max(k x seed std, --min-band)")
     sp.add_argument("--min-band", type=float, default=1.0)
 
-    sp = add("methods", "list every registered method with its family and paper", cmd_methods, overrides=False)
-    sp.add_argument("--verbose", "-v", action="store_true", help="also list each method's config keys and defaults")
+    sp = add("methods", "list every registered method: family, what it needs, paper and venue (NAME: one method's "
+                        "card)", cmd_methods, overrides=False)
+    sp.add_argument("name", nargs="?", metavar="NAME", help="one method's full card: paper, venue, needs, paper "
+                                                             "defaults, what each preset overrides")
+    sp.add_argument("--verbose", "-v", action="store_true",
+                    help="also list each method's paper defaults and which preset overrides which of them")
 
     sp = add("export", "write a checkpoint's encoder for downstream use: a plain state dict (timm-loadable where timm "
                        "builds the backbone) + a JSON of model name, input size and normalisation", cmd_export,

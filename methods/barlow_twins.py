@@ -44,7 +44,8 @@ class BarlowTwinsConfig:
     blur: bool = True
 
 
-@register_method("barlow_twins", family="siamese", paper="Zbontar et al., 2021 (Barlow Twins)")
+@register_method("barlow_twins", family="redundancy reduction", paper="Zbontar et al., 2021 (Barlow Twins)",
+                 venue="ICML 2021, arXiv:2103.03230")
 class BarlowTwins(Method):
     Config = BarlowTwinsConfig
     optim = OptimDefaults("lars", base_lr=0.2, weight_decay=1.5e-6)

@@ -30,8 +30,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import (Method, OptimDefaults, Requirements, ViewRecipe, at_least, between, block_mask, final_norm,
-                     input_tokens, positive, register_method, run_blocks)
+from harness import (
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    at_least,
+    between,
+    block_mask,
+    final_norm,
+    input_tokens,
+    positive,
+    register_method,
+    run_blocks,
+)
 from harness.models.tokenizer import VQTokenizer
 from methods.mae import no_decay_groups
 
@@ -48,7 +60,8 @@ class BEiTConfig:
     crop_min_scale: float = between(0.08, 0, 1, open_lo=True)
 
 
-@register_method("beit", family="mim", paper="Bao et al., 2021 (BEiT)")
+@register_method("beit", family="masked image modelling", paper="Bao et al., 2021 (BEiT)",
+                 venue="ICLR 2022, arXiv:2106.08254")
 class BEiT(Method):
     Config = BEiTConfig
     requires = Requirements(vit=True)

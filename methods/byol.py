@@ -52,7 +52,8 @@ class BYOLConfig:
     checks = (ordered("base_momentum", "final_momentum"),)
 
 
-@register_method("byol", family="siamese", paper="Grill et al., 2020 (BYOL)")
+@register_method("byol", family="self-distillation", paper="Grill et al., 2020 (BYOL)",
+                 venue="NeurIPS 2020, arXiv:2006.07733")
 class BYOL(Method):
     Config = BYOLConfig
     optim = OptimDefaults("lars", base_lr=0.2, weight_decay=1.5e-6)

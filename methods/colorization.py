@@ -97,10 +97,11 @@ class LightnessEncoder(nn.Module):
         return self.backbone(lightness_input(rgb_to_lab(rgb), x.shape[1]).to(x.dtype))
 
 
-@register_method("colorization", family="pretext", paper="Zhang, Isola & Efros, 2016 (Colorful Image Colorization)")
+@register_method("colorization", family="pretext", paper="Zhang, Isola & Efros, 2016 (Colorful Image Colorization)",
+                 venue="ECCV 2016, arXiv:1603.08511")
 class Colorization(Method):
     Config = ColorizationConfig
-    requires = Requirements(color=True)
+    requires = Requirements(color=True, convnet=True)   # per-location colours: a spatial feature map
     optim = OptimDefaults("adamw", base_lr=3e-5, weight_decay=1e-3, betas=(0.9, 0.99))
 
     def __init__(self, backbone, cfg: ColorizationConfig, info):

@@ -82,7 +82,8 @@ def neighbour_labels(pairs: torch.Tensor) -> torch.Tensor:
     return lut[pairs]
 
 
-@register_method("context_prediction", family="pretext", paper="Doersch, Gupta & Efros, 2015 (Context Prediction)")
+@register_method("context_prediction", family="pretext", paper="Doersch, Gupta & Efros, 2015 (Context Prediction)",
+                 venue="ICCV 2015, arXiv:1505.05192")
 class ContextPrediction(Method):
     Config = ContextPredictionConfig
     optim = OptimDefaults("sgd", base_lr=0.01, weight_decay=5e-4)

@@ -51,7 +51,7 @@ from methods.losses import (
     pair_similarities,
 )
 
-FAMILY = "contrastive_losses"
+FAMILY = "contrastive"
 
 
 # ----------------------------------------------------------------------------- nce
@@ -62,7 +62,8 @@ class NCEConfig(TwoViewConfig):
     temperature: float = positive(0.07)
 
 
-@register_method("nce", family=FAMILY, paper="Gutmann & Hyvarinen, 2010; Wu et al., 2018 (NCE)")
+@register_method("nce", family=FAMILY, paper="Gutmann & Hyvarinen, 2010; Wu et al., 2018 (NCE)",
+                 venue="AISTATS 2010; CVPR 2018, arXiv:1805.01978")
 class NCE(TwoViewMethod):
     Config = NCEConfig
 
@@ -91,7 +92,8 @@ class AlignUniformConfig(TwoViewConfig):
     lam: float = positive(1.0, allow_zero=True)
 
 
-@register_method("align_uniform", family=FAMILY, paper="Wang & Isola, 2020 (alignment and uniformity)")
+@register_method("align_uniform", family=FAMILY, paper="Wang & Isola, 2020 (alignment and uniformity)",
+                 venue="ICML 2020, arXiv:2005.10242")
 class AlignUniform(TwoViewMethod):
     Config = AlignUniformConfig
 
@@ -118,7 +120,8 @@ class HardNegativesConfig(DebiasedConfig):
     beta: float = positive(1.0, allow_zero=True)          # hardness concentration; 0 = debiased only
 
 
-@register_method("debiased", family=FAMILY, paper="Chuang et al., 2020 (Debiased Contrastive Learning)")
+@register_method("debiased", family=FAMILY, paper="Chuang et al., 2020 (Debiased Contrastive Learning)",
+                 venue="NeurIPS 2020, arXiv:2007.00224")
 class Debiased(TwoViewMethod):
     Config = DebiasedConfig
 
@@ -126,7 +129,8 @@ class Debiased(TwoViewMethod):
         return {"loss": debiased_contrastive(z1, z2, self.cfg.temperature, self.cfg.tau_plus)}
 
 
-@register_method("hard_negatives", family=FAMILY, paper="Robinson et al., 2021 (Hard Negative Samples, HCL)")
+@register_method("hard_negatives", family=FAMILY, paper="Robinson et al., 2021 (Hard Negative Samples, HCL)",
+                 venue="ICLR 2021, arXiv:2010.04592")
 class HardNegatives(TwoViewMethod):
     Config = HardNegativesConfig
 
@@ -142,7 +146,7 @@ class FlatNCEConfig(TwoViewConfig):
     temperature: float = positive(0.1)
 
 
-@register_method("flatnce", family=FAMILY, paper="Chen et al., 2021 (FlatNCE)")
+@register_method("flatnce", family=FAMILY, paper="Chen et al., 2021 (FlatNCE)", venue="preprint, arXiv:2107.01152")
 class FlatNCE(TwoViewMethod):
     Config = FlatNCEConfig
 

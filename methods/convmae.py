@@ -1,4 +1,4 @@
-"""ConvMAE (Gao, Ma, Li, Yan, Li, Qiao & Dai, 2022), "ConvMAE: Masked Convolution Meets Masked
+"""ConvMAE (Gao, Ma, Li, Lin, Dai & Qiao, 2022), "ConvMAE: Masked Convolution Meets Masked
 Autoencoders".
 
 MAE on a hybrid convolution-transformer backbone (``harness.models.hybrid.ConvViT``, registered as
@@ -21,10 +21,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from harness import ConfigError, Method, OptimDefaults, ViewRecipe, between, patchify, positive, random_masking, \
-    register_method
+from harness import (
+    ConfigError,
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    between,
+    patchify,
+    positive,
+    random_masking,
+    register_method,
+)
 from harness.models.hybrid import ConvViT
 from methods.losses import mae_loss
 from methods.mae import MAEDecoder, no_decay_groups
@@ -42,9 +50,11 @@ class ConvMAEConfig:
     checks = ((lambda c: c.decoder_dim % c.decoder_heads == 0, "decoder_dim divisible by decoder_heads"),)
 
 
-@register_method("convmae", family="mim", paper="Gao et al., 2022 (ConvMAE)")
+@register_method("convmae", family="masked image modelling", paper="Gao et al., 2022 (ConvMAE)",
+                 venue="NeurIPS 2022, arXiv:2205.03892")
 class ConvMAE(Method):
     Config = ConvMAEConfig
+    requires = Requirements(backbone="convvit")   # its hybrid conv-transformer (convvit_mini, convvit_base)
     optim = OptimDefaults("adamw", base_lr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))
 
     def __init__(self, backbone, cfg: ConvMAEConfig, info):

@@ -40,7 +40,8 @@ def downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
-@register_method("counting", family="pretext", paper="Noroozi, Pirsiavash & Favaro, 2017 (Learning to Count)")
+@register_method("counting", family="pretext", paper="Noroozi, Pirsiavash & Favaro, 2017 (Learning to Count)",
+                 venue="ICCV 2017, arXiv:1708.06734")
 class Counting(Method):
     Config = CountingConfig
     optim = OptimDefaults("sgd", base_lr=1e-4, weight_decay=1e-4)

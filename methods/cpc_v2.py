@@ -138,10 +138,11 @@ def cpc_loss(z: torch.Tensor, c: torch.Tensor, predictors: nn.ModuleList, num_ne
     return torch.stack(losses).mean(), acc
 
 
-@register_method("cpc_v2", family="contrastive_losses", paper="Henaff et al., 2020 (CPC v2)")
+@register_method("cpc_v2", family="contrastive", paper="Henaff et al., 2020 (CPC v2)",
+                 venue="ICML 2020, arXiv:1905.09272")
 class CPCv2(Method):
     Config = CPCv2Config
-    requires = Requirements(min_image_size=16)
+    requires = Requirements(min_image_size=16, convnet=True)   # patches embedded one by one: a convnet
     optim = OptimDefaults("adamw", base_lr=0.001, weight_decay=1e-4)
 
     def __init__(self, backbone, cfg: CPCv2Config, info):

@@ -1,4 +1,4 @@
-"""DeepMIM (Ren, Wei, Yu, Wang, Zhou & Xie, 2023), "DeepMIM: Deep Supervision for Masked Image Modeling".
+"""DeepMIM (Ren, Wei, Albanie, Zhang & Hu, 2023), "DeepMIM: Deep Supervision for Masked Image Modeling".
 
 MAE (``methods.mae``: random 75% masking, an encoder of the visible patches, a decoder with mask
 tokens, norm-pix MSE on the masked patches) plus deep supervision: the outputs of intermediate
@@ -47,7 +47,8 @@ class DeepMIMConfig(MAEConfig):
     deep_weight: float = 1.0           # weight of every intermediate decoder's loss (paper: 1)
 
 
-@register_method("deepmim", family="mim", paper="Ren et al., 2023 (DeepMIM)")
+@register_method("deepmim", family="masked image modelling", paper="Ren et al., 2023 (DeepMIM)",
+                 venue="WACV 2025, arXiv:2303.08817")
 class DeepMIM(MAE):
     Config = DeepMIMConfig
 

@@ -82,7 +82,8 @@ class DINOConfig(MultiCropConfig):
     checks = (ordered("base_momentum", "final_momentum"),)
 
 
-@register_method("dino", family="siamese", paper="Caron et al., 2021 (DINO)")
+@register_method("dino", family="self-distillation", paper="Caron et al., 2021 (DINO)",
+                 venue="ICCV 2021, arXiv:2104.14294")
 class DINO(Method):
     Config = DINOConfig
     requires = Requirements(min_image_size=16)   # room for 8 px local crops

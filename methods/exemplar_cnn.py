@@ -67,7 +67,8 @@ def seed_patches(images: torch.Tensor, p: int) -> torch.Tensor:
     return crop_at(images, y0, x0, p)
 
 
-@register_method("exemplar_cnn", family="pretext", paper="Dosovitskiy et al., 2014 (Exemplar-CNN)")
+@register_method("exemplar_cnn", family="pretext", paper="Dosovitskiy et al., 2014 (Exemplar-CNN)",
+                 venue="NIPS 2014, arXiv:1406.6909")
 class ExemplarCNN(Method):
     Config = ExemplarCNNConfig
     optim = OptimDefaults("sgd", base_lr=0.01, weight_decay=5e-4)

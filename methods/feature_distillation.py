@@ -1,4 +1,4 @@
-"""Feature Distillation (Wei, Hu, Zhang, Cao, Bao, Chen & Guo, 2022), "Contrastive Learning Rivals
+"""Feature Distillation (Wei, Hu, Xie, Zhang, Cao, Bao, Chen & Guo, 2022), "Contrastive Learning Rivals
 Masked Image Modeling in Fine-tuning via Feature Distillation".
 
 A finished model of ANY method (the teacher: a checkpoint named by ``method_cfg.teacher``) is
@@ -30,9 +30,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import (ConfigError, Method, OptimDefaults, Requirements, ViewRecipe, between, feature_map, final_norm,
-                     has_feature_map, input_tokens, is_vit, output_tokens, positive, register_method, run_blocks,
-                     token_grid)
+from harness import (
+    ConfigError,
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    between,
+    feature_map,
+    final_norm,
+    has_feature_map,
+    input_tokens,
+    is_vit,
+    output_tokens,
+    positive,
+    register_method,
+    run_blocks,
+    token_grid,
+)
 from methods.mae import no_decay_groups
 
 
@@ -66,7 +81,8 @@ def whiten(fmap: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(fmap.float().permute(0, 2, 3, 1), (fmap.shape[1],)).permute(0, 3, 1, 2)
 
 
-@register_method("feature_distillation", family="mim", paper="Wei et al., 2022 (Feature Distillation)")
+@register_method("feature_distillation", family="applications", paper="Wei et al., 2022 (Feature Distillation)",
+                 venue="preprint, arXiv:2205.14141")
 class FeatureDistillation(Method):
     Config = FDConfig
     requires = Requirements(vit=True)

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness import (Centering, Requirements, between, block_mask, final_norm, input_tokens, register_method,
-                     run_blocks)
+from harness import Centering, Requirements, between, block_mask, final_norm, input_tokens, register_method, run_blocks
 from methods.dino import DINO, DINOConfig
 from methods.losses import dino_loss, ibot_patch_loss
 
@@ -56,7 +55,8 @@ class iBOTConfig(DINOConfig):
     drop_path: float = between(0.1, 0, 1, open_hi=True)
 
 
-@register_method("ibot", family="mim", paper="Zhou et al., 2022 (iBOT)")
+@register_method("ibot", family="masked image modelling", paper="Zhou et al., 2022 (iBOT)",
+                 venue="ICLR 2022, arXiv:2111.07832")
 class iBOT(DINO):
     Config = iBOTConfig
     requires = Requirements(vit=True, min_image_size=16)   # patch tokens to mask; room for local crops

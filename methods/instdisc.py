@@ -95,7 +95,8 @@ def instdisc_views(size: int, n: int = 1, blur: bool = False) -> ViewRecipe:
     return ViewRecipe([spec] * n)
 
 
-@register_method("instdisc", family="memory", paper="Wu et al., 2018 (InstDisc / NPID)")
+@register_method("instdisc", family="memory bank", paper="Wu et al., 2018 (InstDisc / NPID)",
+                 venue="CVPR 2018, arXiv:1805.01978")
 class InstDisc(Method):
     Config = InstDiscConfig
     optim = OptimDefaults("sgd", base_lr=0.03, weight_decay=5e-4)

@@ -37,7 +37,8 @@ class InvaSpreadConfig:
     blur: bool = False
 
 
-@register_method("invaspread", family="siamese", paper="Ye et al., 2019 (Invariant and Spreading Instance Feature)")
+@register_method("invaspread", family="contrastive", paper="Ye et al., 2019 (Invariant and Spreading Instance Feature)",
+                 venue="CVPR 2019, arXiv:1904.03436")
 class InvaSpread(Method):
     Config = InvaSpreadConfig
     optim = OptimDefaults("sgd", base_lr=0.06, weight_decay=5e-4)  # 0.03 at batch 128

@@ -62,7 +62,8 @@ def shuffle(tiles: torch.Tensor, perms: torch.Tensor, gen: torch.Generator) -> t
     return permute_tiles(tiles, perms[y]), y
 
 
-@register_method("jigsaw", family="pretext", paper="Noroozi & Favaro, 2016 (Jigsaw puzzles)")
+@register_method("jigsaw", family="pretext", paper="Noroozi & Favaro, 2016 (Jigsaw puzzles)",
+                 venue="ECCV 2016, arXiv:1603.09246")
 class Jigsaw(Method):
     Config = JigsawConfig
     optim = OptimDefaults("sgd", base_lr=0.01, weight_decay=5e-4)

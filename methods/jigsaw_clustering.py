@@ -1,4 +1,4 @@
-"""Jigsaw Clustering (Chen, Wang, Yang, Lin & Wang, 2021), "Jigsaw Clustering for Unsupervised Visual
+"""Jigsaw Clustering (Chen, Liu & Jia, 2021), "Jigsaw Clustering for Unsupervised Visual
 Representation Learning" (JigClu).
 
 Each image of a batch (one augmented view per image) is cut into m x m tiles
@@ -35,6 +35,7 @@ from harness import (
     ConfigError,
     Method,
     OptimDefaults,
+    Requirements,
     ViewRecipe,
     assemble,
     at_least,
@@ -81,9 +82,11 @@ def region_features(fmap: torch.Tensor, m: int) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1).reshape(b * m * m, d)
 
 
-@register_method("jigsaw_clustering", family="pretext", paper="Chen et al., 2021 (Jigsaw Clustering)")
+@register_method("jigsaw_clustering", family="pretext", paper="Chen et al., 2021 (Jigsaw Clustering)",
+                 venue="CVPR 2021, arXiv:2104.00323")
 class JigsawClustering(Method):
     Config = JigsawClusteringConfig
+    requires = Requirements(convnet=True)   # tile regions pooled from a spatial feature map
     optim = OptimDefaults("sgd", base_lr=0.03, weight_decay=1e-4)
 
     def __init__(self, backbone, cfg: JigsawClusteringConfig, info):

@@ -1,4 +1,4 @@
-"""LocalMIM (Wang, Tang, Zhang, Liu, Yin, Bao, Liu, Li, Wei & Tian, 2023), "Masked Image Modeling
+"""LocalMIM (Wang, Tang, Wang, Guo, Deng & Han, 2023), "Masked Image Modeling
 with Local Multi-Scale Reconstruction".
 
 MAE's masked encoder (random 75% of the patches removed, the visible ones encoded), but the
@@ -31,8 +31,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness import (ConfigError, LayerNorm2d, Method, OptimDefaults, Requirements, ViewRecipe, between, hog_cells,
-                     positive, register_method, token_grid, upsample_mask)
+from harness import (
+    ConfigError,
+    LayerNorm2d,
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    between,
+    hog_cells,
+    positive,
+    register_method,
+    token_grid,
+    upsample_mask,
+)
 from methods.deepmim import taps_of
 from methods.mae import MAEDecoder, encode_visible, fix_sincos_pos_embed, no_decay_groups
 
@@ -84,7 +96,8 @@ def local_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (per * mask).sum() / mask.sum().clamp_min(1e-6)
 
 
-@register_method("localmim", family="mim", paper="Wang et al., 2023 (LocalMIM)")
+@register_method("localmim", family="masked image modelling", paper="Wang et al., 2023 (LocalMIM)",
+                 venue="CVPR 2023, arXiv:2303.05251")
 class LocalMIM(Method):
     Config = LocalMIMConfig
     requires = Requirements(vit=True)

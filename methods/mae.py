@@ -37,8 +37,21 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from harness import (Method, OptimDefaults, Requirements, ViewRecipe, between, final_norm, input_tokens, patchify, positive,
-                     random_masking, register_method, run_blocks, sincos_pos_embed_2d)
+from harness import (
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    between,
+    final_norm,
+    input_tokens,
+    patchify,
+    positive,
+    random_masking,
+    register_method,
+    run_blocks,
+    sincos_pos_embed_2d,
+)
 from methods.losses import mae_loss
 
 
@@ -153,7 +166,8 @@ def no_decay_groups(module: nn.Module) -> list[dict]:
 # ----------------------------------------------------------------------------- method
 
 
-@register_method("mae", family="mim", paper="He et al., 2022 (MAE)")
+@register_method("mae", family="masked image modelling", paper="He et al., 2022 (MAE)",
+                 venue="CVPR 2022, arXiv:2111.06377")
 class MAE(Method):
     Config = MAEConfig
     requires = Requirements(vit=True)

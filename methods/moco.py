@@ -116,7 +116,7 @@ def moco_v1_views(size: int) -> ViewRecipe:
     return ViewRecipe([spec, spec])
 
 
-@register_method("moco", family="memory", paper="He et al., 2020 (MoCo)")
+@register_method("moco", family="memory bank", paper="He et al., 2020 (MoCo)", venue="CVPR 2020, arXiv:1911.05722")
 class MoCo(Method):
     Config = MoCoConfig
     optim = OptimDefaults("sgd", base_lr=0.03, weight_decay=1e-4)
@@ -162,7 +162,8 @@ class MoCo(Method):
         return self._query_encoder()
 
 
-@register_method("moco_v2", family="memory", paper="Chen et al., 2020 (MoCo v2)")
+@register_method("moco_v2", family="memory bank", paper="Chen et al., 2020 (MoCo v2)",
+                 venue="preprint, arXiv:2003.04297")
 class MoCoV2(MoCo):
     Config = MoCoV2Config
 

@@ -69,7 +69,8 @@ class MoCoV3Config:
     checks = (ordered("base_momentum", "final_momentum"),)
 
 
-@register_method("moco_v3", family="memory", paper="Chen, Xie & He, 2021 (MoCo v3)")
+@register_method("moco_v3", family="contrastive", paper="Chen, Xie & He, 2021 (MoCo v3)",
+                 venue="ICCV 2021, arXiv:2104.02057")
 class MoCoV3(Method):
     Config = MoCoV3Config
     optim = OptimDefaults("lars", base_lr=0.6, weight_decay=1e-6)

@@ -53,7 +53,8 @@ def kv_mask(batch: int, num_patches: int, prefix: int, ratio: float, gen: torch.
     return torch.cat([head, mask], dim=1).view(batch, 1, 1, prefix + num_patches)
 
 
-@register_method("mp3", family="pretext", paper="Zhai et al., 2022 (MP3: Masked Patch Position Prediction)")
+@register_method("mp3", family="pretext", paper="Zhai et al., 2022 (MP3: Masked Patch Position Prediction)",
+                 venue="ICML 2022, arXiv:2207.07611")
 class MP3(Method):
     Config = MP3Config
     requires = Requirements(vit=True)

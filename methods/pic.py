@@ -1,4 +1,4 @@
-"""Parametric Instance Classification (Cao, Xie, Lin, Wang, Zhang & Hu, 2020), "Parametric Instance
+"""Parametric Instance Classification (Cao, Xie, Liu, Lin, Zhang & Hu, 2020), "Parametric Instance
 Classification for Unsupervised Visual Feature Learning" (PIC).
 
 Every training image is its own class: a classifier with one weight row w_i per image (N rows, a
@@ -63,7 +63,8 @@ def window_rows(indices: torch.Tensor, n: int, window: int, step: int) -> torch.
     return torch.cat([indices, slide[keep]])
 
 
-@register_method("pic", family="pretext", paper="Cao et al., 2020 (Parametric Instance Classification)")
+@register_method("pic", family="pretext", paper="Cao et al., 2020 (Parametric Instance Classification)",
+                 venue="NeurIPS 2020, arXiv:2006.14618")
 class PIC(Method):
     Config = PICConfig
     optim = OptimDefaults("sgd", base_lr=0.03, weight_decay=1e-4)

@@ -152,10 +152,11 @@ class PixContrastConfig:
     blur: bool = True
 
 
-@register_method("pixcontrast", family="siamese", paper="Xie et al., 2021 (PixPro / PixContrast)")
+@register_method("pixcontrast", family="contrastive", paper="Xie et al., 2021 (PixPro / PixContrast)",
+                 venue="CVPR 2021, arXiv:2011.10043")
 class PixContrast(Method):
     Config = PixContrastConfig
-    requires = Requirements(min_image_size=16)
+    requires = Requirements(min_image_size=16, convnet=True)   # pixel positives on a spatial feature map
     optim = OptimDefaults("lars", base_lr=1.0, weight_decay=1e-5)
 
     def __init__(self, backbone, cfg: PixContrastConfig, info):

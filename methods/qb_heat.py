@@ -1,4 +1,4 @@
-"""QB-Heat (Chen, Liu, Dong, Yuan, Chen, Liu, Wang & Hua, 2023), "Self-Supervised Learning based on
+"""QB-Heat (Chen, Dai, Chen, Liu, Yuan, Liu & Lin, 2022), "Self-Supervised Learning based on
 Heat Equation" (arXiv 2211.13228).
 
 Masked image modelling with one visible quarter. The encoder sees only a quarter block of the image
@@ -29,8 +29,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness import (ConfigError, Method, OptimDefaults, Requirements, ViewRecipe, between, final_norm, input_tokens,
-                     patchify, positive, register_method, run_blocks)
+from harness import (
+    ConfigError,
+    Method,
+    OptimDefaults,
+    Requirements,
+    ViewRecipe,
+    between,
+    final_norm,
+    input_tokens,
+    patchify,
+    positive,
+    register_method,
+    run_blocks,
+)
 from methods.losses import mae_loss
 from methods.mae import MAEDecoder, fix_sincos_pos_embed, no_decay_groups
 
@@ -64,7 +76,8 @@ def heat_extrapolate(z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, grid: tu
     return torch.stack(rows, dim=1)                                 # (B, H, W, D)
 
 
-@register_method("qb_heat", family="mim", paper="Chen et al., 2023 (QB-Heat)")
+@register_method("qb_heat", family="masked image modelling", paper="Chen et al., 2022 (QB-Heat)",
+                 venue="preprint, arXiv:2211.13228")
 class QBHeat(Method):
     Config = QBHeatConfig
     requires = Requirements(vit=True)

@@ -45,7 +45,7 @@ def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return xs, rotation_targets(x.shape[0], 4, device=x.device)
 
 
-@register_method("rotnet", family="pretext", paper="Gidaris et al., 2018 (RotNet)")
+@register_method("rotnet", family="pretext", paper="Gidaris et al., 2018 (RotNet)", venue="ICLR 2018, arXiv:1803.07728")
 class RotNet(Method):
     Config = RotNetConfig
     optim = OptimDefaults("sgd", base_lr=0.1, weight_decay=5e-4)

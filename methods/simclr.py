@@ -25,7 +25,8 @@ class SimCLRConfig(TwoViewConfig):
     temperature: float = positive(0.1)
 
 
-@register_method("simclr", family="siamese", paper="Chen et al., 2020 (SimCLR)")
+@register_method("simclr", family="contrastive", paper="Chen et al., 2020 (SimCLR)",
+                 venue="ICML 2020, arXiv:2002.05709")
 class SimCLR(TwoViewMethod):
     Config = SimCLRConfig
     optim = OptimDefaults("lars", base_lr=0.3, weight_decay=1e-6)

@@ -61,7 +61,8 @@ class SimCLRv2Config(TwoViewConfig):
     momentum: float = between(0.999, 0, 1)  # key encoder EMA momentum (only with the queue)
 
 
-@register_method("simclr_v2", family="siamese", paper="Chen et al., 2020b (SimCLR v2)")
+@register_method("simclr_v2", family="contrastive", paper="Chen et al., 2020b (SimCLR v2)",
+                 venue="NeurIPS 2020, arXiv:2006.10029")
 class SimCLRv2(TwoViewMethod):
     Config = SimCLRv2Config
     optim = OptimDefaults("lars", base_lr=0.4, weight_decay=1e-4)

@@ -33,8 +33,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from harness import (ConfigError, Method, OptimDefaults, ViewRecipe, between, feature_map, final_norm, has_feature_map,
-                     input_tokens, is_vit, positive, random_mask, register_method, run_blocks, token_grid, upsample_mask)
+from harness import (
+    ConfigError,
+    Method,
+    OptimDefaults,
+    ViewRecipe,
+    between,
+    feature_map,
+    final_norm,
+    has_feature_map,
+    input_tokens,
+    is_vit,
+    positive,
+    random_mask,
+    register_method,
+    run_blocks,
+    token_grid,
+    upsample_mask,
+)
 from methods.losses import simmim_loss
 from methods.mae import no_decay_groups
 
@@ -46,7 +62,8 @@ class SimMIMConfig:
     crop_min_scale: float = between(0.67, 0, 1, open_lo=True)
 
 
-@register_method("simmim", family="mim", paper="Xie et al., 2022 (SimMIM)")
+@register_method("simmim", family="masked image modelling", paper="Xie et al., 2022 (SimMIM)",
+                 venue="CVPR 2022, arXiv:2111.09886")
 class SimMIM(Method):
     Config = SimMIMConfig
     optim = OptimDefaults("adamw", base_lr=5e-5, weight_decay=0.05, betas=(0.9, 0.999))

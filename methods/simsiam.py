@@ -59,7 +59,8 @@ def split_decay(params) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     return decay, no_decay
 
 
-@register_method("simsiam", family="siamese", paper="Chen & He, 2021 (SimSiam)")
+@register_method("simsiam", family="self-distillation", paper="Chen & He, 2021 (SimSiam)",
+                 venue="CVPR 2021, arXiv:2011.10566")
 class SimSiam(Method):
     Config = SimSiamConfig
     optim = OptimDefaults("sgd", base_lr=0.05, weight_decay=1e-4)

@@ -26,7 +26,7 @@ class SupervisedConfig:
     label_smoothing: float = 0.0
 
 
-@register_method("supervised", family="baseline", paper="supervised training with labels (ceiling baseline)")
+@register_method("supervised", family="baseline", paper="supervised training with labels (ceiling baseline)", venue="")
 class Supervised(Method):
     Config = SupervisedConfig
     optim = OptimDefaults("sgd", base_lr=0.1, weight_decay=5e-4)

@@ -71,7 +71,7 @@ class SwAVConfig(MultiCropConfig):
     local_scale: tuple[float, float] = between((0.05, 0.14), 0, 1)
 
 
-@register_method("swav", family="siamese", paper="Caron et al., 2020 (SwAV)")
+@register_method("swav", family="clustering", paper="Caron et al., 2020 (SwAV)", venue="NeurIPS 2020, arXiv:2006.09882")
 class SwAV(Method):
     Config = SwAVConfig
     requires = Requirements(min_image_size=16)   # room for 8 px local crops

@@ -86,7 +86,7 @@ def test_methods_lists_family_and_paper(tmp_path):
     r = sslbench("methods", cwd=tmp_path)
     assert r.returncode == 0
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("simclr"))
-    assert "siamese" in line and "Chen et al., 2020" in line
+    assert "contrastive" in line and "Chen et al., 2020" in line
 
 
 TRAIN = ["pretrain", "method=simclr", "backbone=cnn4", "data.name=synthetic", "budget.kind=steps", "budget.value=60",

@@ -130,7 +130,7 @@ def _cfg(method, **kw):
 def test_method_trains_three_steps(synthetic, tmp_path, method):
     from harness.run.plugins import get_method
 
-    assert get_method(method).family == "contrastive_losses"
+    assert get_method(method).family == "contrastive"
     tr = Trainer(_cfg(method), synthetic, tmp_path)
     res = tr.fit()
     assert res.steps == 3 and math.isfinite(res.final_loss)

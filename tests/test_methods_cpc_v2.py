@@ -62,7 +62,7 @@ def _cfg(**kw):
 def test_cpc_v2_trains_three_steps(synthetic, tmp_path, num_negatives):
     from harness.run.plugins import get_method
 
-    assert get_method("cpc_v2").family == "contrastive_losses"
+    assert get_method("cpc_v2").family == "contrastive"
     tr = Trainer(_cfg(**{"method_cfg.num_negatives": num_negatives}), synthetic, tmp_path)
     assert tr.method.grid == 3   # 16 px images, 8 px patches, stride 4
     res = tr.fit()

@@ -51,7 +51,7 @@ def test_memory_bank_samples_uniform_indices():
 def test_instdisc_bank_updated_at_batch_indices_and_checkpointed(synthetic, tmp_path):
     from harness.run.plugins import get_method
 
-    assert get_method("instdisc").family == "memory"
+    assert get_method("instdisc").family == "memory bank"
     cfg = resolve({"method": "instdisc", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
                    "budget.value": 3, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32",
                    "method_cfg.num_noise": 64, "method_cfg.proximal": 1.0})

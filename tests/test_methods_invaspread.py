@@ -41,7 +41,7 @@ def test_invaspread_loss_gradient_is_finite_for_confident_predictions():
 def test_invaspread_trains_three_steps(synthetic, tmp_path):
     from harness.run.plugins import get_method
 
-    assert get_method("invaspread").family == "siamese"
+    assert get_method("invaspread").family == "contrastive"
     cfg = resolve({"method": "invaspread", "backbone": "cnn4", "data.name": "synthetic", "budget.kind": "steps",
                    "budget.value": 3, "optim.batch_size": 32, "train.progress": False, "train.precision": "fp32"})
     tr = Trainer(cfg, synthetic, tmp_path)

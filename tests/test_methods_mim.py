@@ -113,9 +113,9 @@ def test_mask_tokens_replace_masked_patch_embeddings_before_positions():
     assert torch.allclose(got[:, keep], ref[:, keep], atol=1e-6)
 
 
-def test_simmim_gets_no_gradient_from_visible_pixels():
+def test_simmim_gets_no_gradient_from_visible_pixels(tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    m = Trainer(run_cfg("simmim"), ds, "unused").method
+    m = Trainer(run_cfg("simmim"), ds, tmp_path).method
     x = torch.randn(4, 3, 16, 16)
     coarse = random_mask(4, 4, 0.6, torch.Generator().manual_seed(0))
     rec = m.head(m.features(x, coarse))
@@ -126,14 +126,14 @@ def test_simmim_gets_no_gradient_from_visible_pixels():
     assert rec.grad[visible].abs().max() == 0 and rec.grad[~visible].abs().max() > 0
 
 
-def test_simmim_runs_on_a_convnet_and_refuses_a_bad_mask_patch():
+def test_simmim_runs_on_a_convnet_and_refuses_a_bad_mask_patch(tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    t = Trainer(run_cfg("simmim", backbone="cnn4"), ds, "unused")
+    t = Trainer(run_cfg("simmim", backbone="cnn4"), ds, tmp_path)
     assert t.method.stride == 16 // 2 and t.method.mask_token.shape == (1, 3, 1, 1)   # cnn4: a 2x2 map at 16 px
     with pytest.raises(ConfigError, match="mask_patch=16"):
-        Trainer(run_cfg("simmim", method_cfg__mask_patch=16), ds, "unused")   # a 1x1 grid
+        Trainer(run_cfg("simmim", method_cfg__mask_patch=16), ds, tmp_path)   # a 1x1 grid
     with pytest.raises(ConfigError, match="multiple of the ViT"):
-        Trainer(run_cfg("simmim", method_cfg__mask_patch=2), ds, "unused")
+        Trainer(run_cfg("simmim", method_cfg__mask_patch=2), ds, tmp_path)
 
 
 # ---------------------------------------------------------------------------- DeepMIM
@@ -160,9 +160,9 @@ def test_encoder_taps_are_the_block_outputs_of_the_visible_tokens():
     assert mask.sum(1).tolist() == [12, 12]
 
 
-def test_deepmim_loss_is_the_sum_of_its_decoders():
+def test_deepmim_loss_is_the_sum_of_its_decoders(tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    t = Trainer(run_cfg("deepmim"), ds, "unused")
+    t = Trainer(run_cfg("deepmim"), ds, tmp_path)
     from harness.data.views import Views
     from harness.method.contract import Batch, StepInfo
 
@@ -182,7 +182,7 @@ def test_hog_of_ramps_votes_into_the_gradient_orientation():
     assert torch.allclose(h[:, :, 4], torch.ones(1, 3, 2, 2)) and h.sum() == pytest.approx(12.0)
 
 
-def test_localmim_masks_heads_and_loss_at_each_scale():
+def test_localmim_masks_heads_and_loss_at_each_scale(tmp_path):
     mask = torch.tensor([[1.0, 0.0, 0.0, 1.0]])                           # 2x2 patch grid
     assert mask_at_scale(mask, (2, 2), 2)[0, 0].tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
     assert mask_at_scale(mask, (2, 2), 0.5).item() == 0.5               # averaged onto the coarser grid
@@ -192,7 +192,7 @@ def test_localmim_masks_heads_and_loss_at_each_scale():
     # only the first location is masked: mean over channels of (0 - 1)^2 = 1
     assert local_loss(pred, target, torch.tensor([[[[1.0, 0.0]]]])).item() == pytest.approx(1.0)
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    m = Trainer(run_cfg("localmim"), ds, "unused").method
+    m = Trainer(run_cfg("localmim"), ds, tmp_path).method
     assert m.taps == [1, 2, 5, 6] and m.cells == [1, 2, 4, 8]
 
 
@@ -240,9 +240,9 @@ def test_ibot_patch_loss_on_a_hand_case():
     assert ibot_patch_loss(t2, s2, torch.tensor([[1, 0], [0, 0]])).item() == pytest.approx(math.log(2) / 2)
 
 
-def test_ibot_masks_about_half_the_crops_with_ratios_in_range():
+def test_ibot_masks_about_half_the_crops_with_ratios_in_range(tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    m = Trainer(run_cfg("ibot"), ds, "unused").method
+    m = Trainer(run_cfg("ibot"), ds, tmp_path).method
     masks = m.masks(400, (8, 8), torch.Generator().manual_seed(0), "cpu")
     frac = masks.float().mean(1)
     masked = frac > 0
@@ -250,12 +250,12 @@ def test_ibot_masks_about_half_the_crops_with_ratios_in_range():
     assert frac[masked].max() <= 0.5 + 1e-6 and frac[masked].mean() > 0.2
 
 
-def test_ibot_step_adds_its_two_losses_and_keeps_two_centres():
+def test_ibot_step_adds_its_two_losses_and_keeps_two_centres(tmp_path):
     from harness.data.views import Views
     from harness.method.contract import Batch, StepInfo
 
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    m = Trainer(run_cfg("ibot"), ds, "unused").method
+    m = Trainer(run_cfg("ibot"), ds, tmp_path).method
     views = [torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16), torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)]
     out = m.training_step(Batch(Views(views, None, None), torch.arange(4)),
                           StepInfo(0, 0.5, None, torch.Generator().manual_seed(0)))
@@ -278,9 +278,9 @@ def test_heat_equation_steps_on_a_2x2_grid():
     assert z[1, 1].tolist() == [3.0, 3.5]                      # (I + B)(I + A) z0
 
 
-def test_qb_heat_encodes_only_the_quarter_block():
+def test_qb_heat_encodes_only_the_quarter_block(tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=16)
-    m = Trainer(run_cfg("qb_heat"), ds, "unused").method
+    m = Trainer(run_cfg("qb_heat"), ds, tmp_path).method
     assert m.quarter_ids.tolist() == [0, 1, 4, 5]              # top-left 2x2 of the 4x4 grid
     assert m.outside.sum() == 12
     x = torch.randn(2, 3, 16, 16)
@@ -299,7 +299,7 @@ def test_qb_heat_encodes_only_the_quarter_block():
 
 
 # ---------------------------------------------------------------------------- ConvMAE
-def test_convmae_masked_convolution_never_sees_masked_pixels():
+def test_convmae_masked_convolution_never_sees_masked_pixels(tmp_path):
     net = build_backbone("convvit_mini", 3, 16).eval()
     assert net.grid == (4, 4) and net.patch_size == 4
     mask = torch.zeros(1, 16)
@@ -317,7 +317,7 @@ def test_convmae_masked_convolution_never_sees_masked_pixels():
         assert not torch.allclose(a, b, atol=1e-3)             # without the mask, they would see them
     ds = synthetic(n_train=64, n_test=16, image_size=16)
     with pytest.raises(ConfigError, match="convvit_mini"):
-        Trainer(run_cfg("convmae", backbone="vit_mini_p4"), ds, "unused")
+        Trainer(run_cfg("convmae", backbone="vit_mini_p4"), ds, tmp_path)
 
 
 # ---------------------------------------------------------------------------- pooled-token features
@@ -389,27 +389,27 @@ def test_whitening_is_a_non_parametric_layer_norm_per_location():
     assert torch.allclose(whiten(fmap), expect, atol=1e-6)
 
 
-def test_feature_distillation_names_its_teacher_and_records_differ_by_teacher(teachers):
+def test_feature_distillation_names_its_teacher_and_records_differ_by_teacher(teachers, tmp_path):
     from harness.core.config import flatten
     from harness.core.identity import identity
 
     ds = synthetic(n_train=64, n_test=16, image_size=16)
     ids = {}
     for name, path in teachers.items():
-        t = Trainer(fd_cfg(path), ds, "unused")
+        t = Trainer(fd_cfg(path), ds, tmp_path)
         p = t.run_params()
         assert p["teacher.method"] == name and len(p["teacher.sha256"]) == 64
         ids[name] = identity({**flatten(t.cfg), **p})[0]
         # the teacher is frozen and outside the student's checkpoint
         assert not any(k.startswith(("_teacher", "teacher")) for k in t.method.state_dict())
     assert ids["mae"] != ids["rotnet"]
-    res = Trainer(fd_cfg(teachers["rotnet"]), ds, "unused").fit()       # a convnet teacher's map, resized
+    res = Trainer(fd_cfg(teachers["rotnet"]), ds, tmp_path).fit()       # a convnet teacher's map, resized
     assert math.isfinite(res.final_loss)
     with pytest.raises(ConfigError, match="teacher"):
-        Trainer(fd_cfg(""), ds, "unused")
+        Trainer(fd_cfg(""), ds, tmp_path)
     from harness.core.errors import CheckpointError
     with pytest.raises(CheckpointError, match="not found"):
-        Trainer(fd_cfg("/nonexistent/checkpoint.pt"), ds, "unused")
+        Trainer(fd_cfg("/nonexistent/checkpoint.pt"), ds, tmp_path)
 
 
 def test_feature_distillation_resumes_and_its_checkpoint_evaluates_without_the_teacher(teachers, tmp_path):
@@ -438,13 +438,13 @@ def test_feature_distillation_refuses_unfinished_or_changed_teachers(teachers, t
                    "train.checkpoint_every_steps": 1})
     Trainer(cfg, ds, tmp_path / "half").fit(stop_after=2)
     with pytest.raises(CheckpointError, match="unfinished"):
-        Trainer(fd_cfg(str(tmp_path / "half" / "checkpoint.pt")), ds, "unused")
+        Trainer(fd_cfg(str(tmp_path / "half" / "checkpoint.pt")), ds, tmp_path)
     # the run layer pins the teacher file's hash in the config; another file under that hash is refused
     pinned = resolve_run_references(fd_cfg(teachers["mae"]))
     assert len(pinned.method_cfg["teacher_sha256"]) == 64
     moved = dict(pinned.method_cfg, teacher=teachers["rotnet"])
     with pytest.raises(CheckpointError, match="changed since"):
-        Trainer(fd_cfg(teachers["rotnet"], **{"method_cfg__teacher_sha256": moved["teacher_sha256"]}), ds, "unused")
+        Trainer(fd_cfg(teachers["rotnet"], **{"method_cfg__teacher_sha256": moved["teacher_sha256"]}), ds, tmp_path)
 
 
 def test_teacher_named_by_a_run_resolves_to_its_checkpoint(tmp_path):

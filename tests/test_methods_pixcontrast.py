@@ -111,7 +111,7 @@ def _cfg(variant, **kw):
 def test_pixcontrast_trains_three_steps_and_target_checkpointed(synthetic, tmp_path, variant):
     from harness.run.plugins import get_method
 
-    assert get_method("pixcontrast").family == "siamese"
+    assert get_method("pixcontrast").family == "contrastive"
     tr = Trainer(_cfg(variant), synthetic, tmp_path)
     m = tr.method
     assert m.map_size == (2, 2)   # cnn4 on 16 px images

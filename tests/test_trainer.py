@@ -152,3 +152,18 @@ def test_flops_budget_measures_the_first_step_and_runs_floor_budget_over_step_fl
     res = tr2.fit()
     assert res.steps == 3 and tr2.flops_per_step == fps and tr2.progress() == 1.0
     assert cfg.budget.label.endswith("flops") and "+" not in cfg.budget.label
+
+
+def test_threads_none_is_torchs_default_even_after_a_run_that_set_one():
+    # a run with train.threads=None in a process where an earlier run set 1 thread must not inherit it:
+    # the thread count changes reduction order, so results (the kill test compares bit for bit)
+    from harness.core import device
+
+    before = torch.get_num_threads()
+    try:
+        device.apply_threads(1)
+        assert torch.get_num_threads() == 1
+        device.apply_threads(None)
+        assert torch.get_num_threads() == device._DEFAULT_THREADS
+    finally:
+        torch.set_num_threads(before)

@@ -34,10 +34,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+# torch's own choice for this process, read before any run sets it: a run with train.threads=None gets
+# this even when an earlier run in the same process (a notebook, a sweep, the test session) set another
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 def apply_threads(threads: int | None) -> None:
-    """``train.threads``: torch's intra-op threads for this process (None: torch's default)."""
-    if threads:
-        torch.set_num_threads(int(threads))
+    """``train.threads``: torch's intra-op threads for this run (None: torch's default for the process,
+    whatever an earlier run in it set; the thread count changes a reduction's order, so a result)."""
+    n = int(threads) if threads else _DEFAULT_THREADS
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 @functools.lru_cache(maxsize=None)

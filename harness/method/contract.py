@@ -1,9 +1,11 @@
 """The method plugin contract.
 
-A method is an ``nn.Module`` subclass registered with ``@register_method(name, family, paper)``:
+A method is an ``nn.Module`` subclass registered with ``@register_method(name, family, paper, venue)``
+(``family`` one of ``harness.method.registry.FAMILIES``):
 
 ```python
-@register_method("byol", family="siamese", paper="Grill et al., 2020")
+@register_method("byol", family="self-distillation", paper="Grill et al., 2020 (BYOL)",
+                 venue="NeurIPS 2020, arXiv:2006.07733")
 class BYOL(Method):
     Config = BYOLConfig                         # dataclass of the paper's defaults
 
@@ -100,15 +102,22 @@ class OptimDefaults:
 
 @dataclass
 class Requirements:
+    """What a method needs of the backbone and the data, known before any data loads: shown by
+    ``sslbench methods``; ``vit``, ``color`` and ``min_image_size`` are refused before training by
+    :meth:`Method.check_requirements`, ``convnet`` and ``backbone`` by the method's own constructor."""
+
     vit: bool = False             # needs a timm VisionTransformer backbone
     color: bool = False           # needs 3-channel images
     min_image_size: int = 0
+    convnet: bool = False         # needs a convolutional backbone (a spatial feature map or conv patch embeddings), not a ViT
+    backbone: str = ""            # needs this one backbone family by name (ConvMAE: "convvit"), when vit/convnet do not say it
 
 
 class Method(nn.Module):
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    venue: ClassVar[str] = ""     # where the paper appeared and its arXiv id, e.g. "ICML 2020, arXiv:2002.05709"
     Config: ClassVar[type] = object
     requires: ClassVar[Requirements] = Requirements()
     optim: ClassVar[OptimDefaults] = OptimDefaults()   # the paper's optimiser (name, base LR at batch 256, WD, ...)

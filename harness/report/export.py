@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from evals.protocols import HEADLINE
@@ -12,6 +13,7 @@ from harness.report.leaderboard import Table, build, current_runs, provenance
 from harness.report.plots import plot, plot_budget_curves
 from harness.report.render import plain, tables_from_csv, write
 from harness.tracking.query import fetch_runs, running_runs
+from harness.tracking.runs import LEADERBOARD_KIND, log_files_run
 from harness.tracking.store import tracking_uri
 
 
@@ -46,7 +48,28 @@ def export_leaderboard(experiment: str | None, uri: str | None, out: str | Path,
         raise SSLBenchError(f"cannot write the leaderboard under {out_dir} ({e.strerror or e}); choose another --out") from None
     paths.append(out_dir / "runs.csv")
     print("\nwritten: " + ", ".join(str(p) for p in paths))
+    log_export(experiment, uri, paths, command, {"dataset": dataset, "backbone": backbone, "budget": budget,
+                                                  "sort": sort}, len(runs))
     return tables, paths
+
+
+def log_export(experiment: str | None, uri: str | None, paths: list[Path], command: str,
+               filters: dict[str, str | None], n_runs: int) -> str | None:
+    """The written files, logged to the store as artifacts of a run named ``leaderboard`` (tag
+    ``sslbench.kind=leaderboard``; one per export) in ``experiment`` (``all`` for the tables of every
+    experiment, as their folder), so the MLflow UI shows them; no table, comparison or RUNNING count
+    reads such a run. Best effort: the files are written either way, a failure is one warning line."""
+    tags = {"sslbench.leaderboard.runs": str(n_runs), **({"command": command} if command else {}),
+            **{f"sslbench.leaderboard.{k}": str(v) for k, v in filters.items() if v}}
+    name = experiment or "all"
+    run_id, failed = log_files_run(name, LEADERBOARD_KIND, [p for p in paths if p.is_file()], uri, tags)
+    if failed:
+        what = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        print(f"sslbench: warning: the leaderboard files were written but not all logged to the tracking store "
+              f"({what}); they are intact under {paths[0].parent}", file=sys.stderr)
+    else:
+        print(f"logged to the tracking store: experiment '{name}', run '{LEADERBOARD_KIND}' ({run_id})")
+    return run_id
 
 
 def replot(csv: str | Path) -> list[Path]:

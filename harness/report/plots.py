@@ -42,17 +42,23 @@ def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = 
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
     for ax, ((ds, proto, kind), items) in zip(axes[0], sorted(groups.items())):
         lines: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        seeds: dict[tuple[str, str], set[str]] = {}
         for value, t in items:
             for _, r in t.frame.iterrows():
                 if r[f"{metric}/n"] > 0:
                     lines.setdefault((r["method"], r["backbone"]), []).append((value, r[f"{metric}/mean"], r[f"{metric}/ci"]))
+                    seeds.setdefault((r["method"], r["backbone"]), set()).add(str(r["seeds"]))
         for (method, bb), pts in sorted(lines.items()):
+            # a curve compares budgets at the same seeds; when they differ the legend says so
+            same = len(seeds[(method, bb)]) == 1
+            tail = f"seeds {next(iter(seeds[(method, bb)]))}" if same else "seeds differ across budgets"
             x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
             if method == RANDOM_INIT:
                 ax.axhline(np.nanmean(y), linestyle="--", color="grey", linewidth=1)
                 ax.annotate(f"random init ({bb})", (x.min(), np.nanmean(y)), fontsize=8, color="grey")
                 continue
-            ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), marker="o", capsize=3, label=f"{method} ({bb})")
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), marker="o", capsize=3,
+                        label=f"{method} ({bb}; {tail})", linestyle="-" if same else ":")
         ax.set_xscale("log")
         ax.set_xlabel(f"budget ({kind})")
         ax.set_ylabel(f"{metric} top-1 (%)")

@@ -25,10 +25,11 @@ from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
 from harness.run.evaluate import evaluate_encoder, evaluate_target, log_eval
 from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
-from harness.run.naming import log, read_state, run_dir, run_name, run_tags, write_json_atomic
+from harness.run.naming import dataset_label, log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import get_method
+from harness.tracking.curves import LOSS_CURVE, loss_curve
 from harness.tracking.query import checkpoint_of
-from harness.tracking.runs import TrackedRun, recorded_params
+from harness.tracking.runs import TrackedRun, one_line, recorded_params
 from harness.tracking.store import client
 from harness.train.build import file_sha256, trajectory_diff
 from harness.train.config import RunConfig, to_dict
@@ -145,6 +146,7 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
         run.set_tags({"precision": result.precision, "channels_last": str(result.channels_last),
                       "view_notes": "; ".join(result.notes) or "none"})
         run.log_dict(to_dict(cfg), "config.json")
+        log_training_artifacts(run, cfg, trainer, name, dataset_label(cfg, ds))
         for note in result.notes:
             log(f"{cfg.method}: {note}")
         metrics: dict[str, float] = {}
@@ -156,3 +158,26 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
     write_json_atomic(state_path, state)
     return state
 
+
+
+def log_training_artifacts(run: TrackedRun, cfg: RunConfig, trainer: Trainer, name: str, dataset: str) -> dict[str, str]:
+    """At the end of training: the loss curve (``loss_curve.png``, also kept in the run folder) and, with
+    ``tracking.log_checkpoint=true``, the final ``checkpoint.pt``, as artifacts of the run.
+
+    Best effort: a failure (an unreachable store, a full disk) is one ``sslbench: warning:`` line and the
+    tag ``sslbench.artifact_error``; the run's record goes on (metrics, evaluation, FINISHED) and its
+    checkpoint in the run folder is never touched. Returns {artifact: reason} for what was not logged."""
+    failed: dict[str, str] = {}
+    files: list[Path] = []
+    title = f"{cfg.method} / {cfg.backbone} / {dataset} / {cfg.budget.label} / seed {cfg.seed}"
+    try:
+        files.append(loss_curve(run.run_id, trainer.run_dir / LOSS_CURVE, title, cfg.tracking.uri))
+    except Exception as e:   # noqa: BLE001 - the store or the disk: the curve is a convenience, never the record
+        failed[LOSS_CURVE] = one_line(e)
+    if cfg.tracking.log_checkpoint:
+        files.append(trainer.checkpoint_path)
+    failed = run.try_log_artifacts(files, failed)
+    for what, reason in failed.items():
+        log(f"warning: {name}: {what} was not logged to the tracking store ({reason}); the run's record "
+            f"and its checkpoint {trainer.checkpoint_path} are intact")
+    return failed

@@ -8,12 +8,16 @@ import socket
 import pandas as pd
 
 from harness.tracking.keys import from_mlflow_key, to_mlflow_key
+from harness.tracking.runs import KIND_TAG
 from harness.tracking.store import client
 
 
-def fetch_runs(experiments: list[str] | None = None, uri: str | None = None, status: str = "FINISHED"):
+def fetch_runs(experiments: list[str] | None = None, uri: str | None = None, status: str = "FINISHED",
+               file_runs: bool = False):
     """All runs of the given experiments (all when None) as a pandas DataFrame:
-    one row per run; columns ``params.*``, ``metrics.*``, ``tags.*``, plus run_id, experiment, status."""
+    one row per run; columns ``params.*``, ``metrics.*``, ``tags.*``, plus run_id, experiment, status.
+    Runs that hold only files (tag ``sslbench.kind``, e.g. a leaderboard export's) are no results and
+    are left out (so never a table row, a comparison or a RUNNING count) unless ``file_runs``."""
     cl, uri = client(uri)
     exps = cl.search_experiments()
     if experiments:
@@ -25,6 +29,8 @@ def fetch_runs(experiments: list[str] | None = None, uri: str | None = None, sta
             res = cl.search_runs([e.experiment_id], max_results=1000, page_token=page_token,
                                  filter_string=f"attributes.status = '{status}'" if status else "")
             for r in res:
+                if not file_runs and KIND_TAG in r.data.tags:
+                    continue
                 row = {"run_id": r.info.run_id, "experiment": e.name, "status": r.info.status,
                        "run_name": r.info.run_name, "start_time": r.info.start_time}
                 row.update({f"params.{k}": v for k, v in r.data.params.items()})
@@ -38,8 +44,21 @@ def fetch_runs(experiments: list[str] | None = None, uri: str | None = None, sta
 
 
 def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, float]]:
+    """Every (step, value) logged for ``key``, in the order MLflow returns them."""
     cl, _ = client(uri)
     return [(m.step, m.value) for m in cl.get_metric_history(run_id, to_mlflow_key(key))]
+
+
+def artifact_names(run_id: str, uri: str | None = None, path: str | None = None) -> list[str]:
+    """The artifact paths of a run (under ``path``, not recursive)."""
+    cl, _ = client(uri)
+    return sorted(f.path for f in cl.list_artifacts(run_id, path))
+
+
+def download_artifact(run_id: str, path: str, dst: str, uri: str | None = None) -> str:
+    """Copy one artifact of a run into the folder ``dst``; returns the local path."""
+    cl, _ = client(uri)
+    return cl.download_artifacts(run_id, path, dst)
 
 
 def running_runs(experiments: list[str] | None = None, uri: str | None = None) -> tuple[int, int]:

@@ -14,6 +14,17 @@ from harness.core.interrupts import protected
 from harness.tracking.keys import from_mlflow_key, to_mlflow_key
 from harness.tracking.store import client, experiment_id
 
+KIND_TAG = "sslbench.kind"      # a run that holds files, not results (a leaderboard export): never a row nor RUNNING
+LEADERBOARD_KIND = "leaderboard"
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line (the store's, the disk's or the network's)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror + (f" ({e.filename})" if e.filename else "")
+    text = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {text}"[:240] if text else type(e).__name__
+
 
 def recorded_params(uri: str | None, run_id: str) -> dict[str, str] | None:
     """The params of run ``run_id`` in the store, or None when the store has no such run."""
@@ -110,9 +121,28 @@ class TrackedRun:
         with protected():
             self.client.log_dict(self.run_id, obj, name)
 
-    def log_artifact(self, path: str | Path) -> None:
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         with protected():
-            self.client.log_artifact(self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def try_log_artifacts(self, files: list[Path], failed: dict[str, str] | None = None) -> dict[str, str]:
+        """Log ``files`` as artifacts, best effort: returns {file name: one-line reason} for those that
+        failed (an unreachable server, a full disk; plus ``failed``, what the caller could not even
+        produce) and records them in the tag ``sslbench.artifact_error``, never raises for them. The
+        run's record and the local files are left as they were (a failed upload leaves no partial
+        artifact: MLflow's local store writes through a temp file)."""
+        failed = dict(failed or {})
+        for path in files:
+            try:
+                self.log_artifact(path)
+            except Exception as e:   # noqa: BLE001 - MLflow, HTTP and OS errors alike: reported, not raised
+                failed[Path(path).name] = one_line(e)
+        if failed:
+            try:
+                self.set_tags({"sslbench.artifact_error": "; ".join(f"{k}: {v}" for k, v in failed.items())[:500]})
+            except Exception:        # noqa: BLE001 - the store is gone: ending the run says so
+                pass
+        return failed
 
     def end(self, status: str = "FINISHED") -> None:
         with protected():
@@ -135,3 +165,33 @@ class TrackedRun:
             finally:
                 self.end("FAILED")
         return False
+
+
+def log_files_run(experiment: str, run_name: str, files: list[Path], uri: str | None = None,
+                  tags: dict[str, str] | None = None, kind: str = LEADERBOARD_KIND) -> tuple[str | None, dict[str, str]]:
+    """A run of ``experiment`` that holds only ``files`` (e.g. a leaderboard export), tagged
+    ``sslbench.kind=KIND`` so that no table, comparison or RUNNING count ever reads it as a result.
+
+    Returns (its run id or None, {file or 'store': one-line reason} for what could not be logged); it never
+    raises for the store or the disk. The run ends FINISHED when every file was logged, FAILED (with
+    ``error``) otherwise, KILLED on Ctrl-C / SIGTERM (re-raised), and is never left RUNNING by an error."""
+    try:
+        run = TrackedRun(experiment, run_name, uri, tags={**(tags or {}), KIND_TAG: kind})
+    except Exception as e:   # noqa: BLE001 - an unreachable or unwritable store: said, not raised
+        return None, {"store": one_line(e)}
+    try:
+        failed = run.try_log_artifacts(files)
+    except KeyboardInterrupt:
+        run.end("KILLED")
+        raise
+    status = "FAILED" if failed else "FINISHED"
+    try:
+        if failed:
+            run.set_tags({"error": "; ".join(f"{k}: {v}" for k, v in failed.items())[:400]})
+    except Exception:        # noqa: BLE001 - ending the run below says what the store does
+        pass
+    try:
+        run.end(status)
+    except Exception as e:   # noqa: BLE001
+        failed = {**failed, "store": one_line(e)}
+    return run.run_id, failed
