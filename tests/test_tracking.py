@@ -156,3 +156,14 @@ def test_budget_curves_plot_when_a_method_has_several_budgets(tmp_path):
     paths = render.write(tables, tmp_path, "lb")
     assert (tmp_path / "lb-budget.png") in paths and (tmp_path / "lb-budget.png").stat().st_size > 10_000
     assert plots.plot_budget_curves(tables[:1], tmp_path, "one") == []  # one budget: no curve
+
+
+def test_a_rewrite_leaves_no_stale_png_of_its_own(tmp_path):
+    rows = [{"params.method": "m", "params.backbone": "b", "params.data.name": "x", "params.budget.kind": "steps",
+             "params.budget.value": str(budget), "params.seed": "0", "metrics.knn/top1@20": 40.0 + budget}
+            for budget in (10, 20)]
+    (tmp_path / "lb.png").write_bytes(b"stale")            # what a one-table write left
+    (tmp_path / "lb-notes.png").write_bytes(b"a user's")     # not a name we write: kept
+    paths = render.write(lb.build(pd.DataFrame(rows)), tmp_path, "lb")
+    assert not (tmp_path / "lb.png").exists() and (tmp_path / "lb-notes.png").exists()
+    assert {p.name for p in paths if p.suffix == ".png"} == {"lb-0.png", "lb-1.png", "lb-budget.png"}

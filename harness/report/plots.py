@@ -39,6 +39,7 @@ def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    header = next((c.header for c in columns() if c.metric == metric), metric)
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
     for ax, ((ds, proto, kind), items) in zip(axes[0], sorted(groups.items())):
         lines: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
@@ -55,13 +56,18 @@ def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = 
             x, y, e = (np.array(v, dtype=float) for v in zip(*pts))
             if method == RANDOM_INIT:
                 ax.axhline(np.nanmean(y), linestyle="--", color="grey", linewidth=1)
-                ax.annotate(f"random init ({bb})", (x.min(), np.nanmean(y)), fontsize=8, color="grey")
+                ax.annotate(f"random init ({bb})", (1.0, np.nanmean(y)), xycoords=("axes fraction", "data"),
+                            xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8, color="grey")
                 continue
             ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), marker="o", capsize=3,
                         label=f"{method} ({bb}; {tail})", linestyle="-" if same else ":")
+        budgets = sorted({v for v, _ in items})
         ax.set_xscale("log")
-        ax.set_xlabel(f"budget ({kind})")
-        ax.set_ylabel(f"{metric} top-1 (%)")
+        ax.set_xticks(budgets, [f"{v:g}" for v in budgets])   # the budgets measured, as numbers
+        ax.minorticks_off()
+        ax.set_xlabel(f"budget ({kind}, log scale)")
+        ax.set_ylabel(f"{header} top-1 (%)")
+        ax.set_ylim(0, 100)                                    # accuracy from zero: distances read true
         ax.set_title(f"{ds}, protocol {proto}: accuracy vs budget")
         if ax.get_legend_handles_labels()[0]:   # only random-init floors: nothing to name
             ax.legend(fontsize=7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,11 @@ def write(tables: list[Table], out_dir: str | Path, stem: str, command: str = ""
 
     paths.append(out / f"{stem}.tex")
     _write_atomic(paths[-1], document(tables, title or stem))
+    # the PNGs an earlier write of this leaderboard left (e.g. leaderboard.png before a second table made
+    # leaderboard-0.png and -1.png) would sit beside the new ones as if current: only our own names go
+    for old in out.glob(f"{stem}*.png"):
+        if re.fullmatch(re.escape(stem) + r"(-\d+|-budget)?\.png", old.name):
+            old.unlink(missing_ok=True)
     paths += plot(tables, out, stem)
     paths += plot_budget_curves(tables, out, stem)
     return paths
