@@ -20,6 +20,7 @@ from torch import nn
 
 from evals.features import extract_features
 from harness.core.hypersphere import align_loss, uniform_loss
+from harness.data.store import take
 from harness.data.views import ViewSpec, augment
 
 
@@ -28,7 +29,7 @@ def eval_view_spec(size: int) -> ViewSpec:
     return ViewSpec(size, scale=(0.2, 1.0), flip=0.5, jitter=(0.2, 0.2, 0.1, 0.02), jitter_p=0.5, gray_p=0.0)
 
 
-def align_uniform_eval(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, num_images: int = 4096,
+def align_uniform_eval(encoder: nn.Module, x_uint8, mean, std, num_images: int = 4096,
                        features: torch.Tensor | None = None, seed: int = 0, batch_size: int = 512,
                        device: str | torch.device = "cpu", precision: str = "auto", progress: bool = True,
                        alpha: float = 2.0, t: float = 2.0) -> dict[str, float]:
@@ -39,7 +40,7 @@ def align_uniform_eval(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, num
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     sel = torch.randperm(len(x_uint8), generator=g)[:num_images].sort().values
-    xs = x_uint8[sel]
+    xs = take(x_uint8, sel)     # any image store: a streamed folder is read batch by batch
     spec = eval_view_spec(x_uint8.shape[-1])
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     m = torch.tensor(mean, device=device).view(1, -1, 1, 1)

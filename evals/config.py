@@ -15,6 +15,7 @@ class EvalConfig:
     knn_temperature: float = positive(0.07)
     knn_backend: str = choices("auto", "torch", "faiss", default="auto")  # auto: FAISS on GPU, exact torch GEMM on CPU
     knn_index: str = choices("flat", "ivf", "hnsw", default="flat")       # ivf/hnsw: approximate, for >= 1M features
+    knn_shard_rows: int = positive(1 << 18)  # exact kNN: database rows per shard (= evals.knn.SHARD_ROWS; same result)
     label_fractions: list[float] = field(default_factory=list,            # extra linear probes on e.g. [0.01, 0.1] of train
                                          metadata={"min": 0, "max": 1, "strict": True})
     batch_size: int = positive(512)

@@ -21,19 +21,22 @@ from torch import nn
 from harness.core.device import resolve_precision
 from harness.core.errors import ConfigError
 from harness.data.dataset import ImageDataset
+from harness.data.store import iter_batches
 from harness.data.views import normalize
 from harness.models.backbones import is_convnet, is_vit
 
 PROGRESS_MIN_BATCHES = 8  # a bar only when extraction is long enough to be worth watching
 
 
-def extract_features(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, batch_size: int = 512,
+def extract_features(encoder: nn.Module, x_uint8, mean, std, batch_size: int = 512,
                      device: str | torch.device = "cpu", precision: str = "auto", progress: bool = True,
                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      desc: str = "features") -> torch.Tensor:
     """Encode uint8 images (N, C, H, W) into float32 features (N, D) on the CPU.
 
-    Each batch is moved to ``device``, normalised with ``harness.data.views.normalize`` (or mapped by
+    ``x_uint8`` is any image store (:mod:`harness.data.store`): a tensor, or a folder streamed from
+    disk, read batch by batch (decoded by its worker processes), never all at once. Each batch
+    is moved to ``device``, normalised with ``harness.data.views.normalize`` (or mapped by
     ``transform(batch_uint8_on_device) -> float images`` when given, e.g. a seeded augmentation),
     and encoded under ``torch.inference_mode()`` with the encoder in eval mode (restored after).
     ``precision="auto"`` uses bf16 autocast where the device supports it; convnets run
@@ -46,19 +49,23 @@ def extract_features(encoder: nn.Module, x_uint8: torch.Tensor, mean, std, batch
     fmt = torch.channels_last if is_convnet(encoder) else torch.contiguous_format
     n = len(x_uint8)
     starts = range(0, n, batch_size)
+    stream = iter_batches(x_uint8, (slice(i, i + batch_size) for i in starts), pin_memory=device.type == "cuda")
+    batches = stream
     if progress and len(starts) >= PROGRESS_MIN_BATCHES:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, leave=False, mininterval=1.0)
+        batches = tqdm(stream, total=len(starts), desc=desc, unit="batch", file=sys.stderr, leave=False,
+                       mininterval=1.0)
     out: list[torch.Tensor] = []
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
-            for i in starts:
-                xb = x_uint8[i:i + batch_size].to(device, non_blocking=True)
+            for _, xb in batches:
+                xb = xb.to(device, non_blocking=True)
                 xb = transform(xb) if transform is not None else normalize(xb, mean, std)
                 f = encoder(xb.contiguous(memory_format=fmt))
                 out.append(f.float().flatten(1).cpu())
     finally:
+        stream.close()
         encoder.train(was_training)
     if not out:
         return torch.empty(0, 0)

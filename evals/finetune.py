@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from evals.linear import label_fraction_subset, stratified_split
 from harness.core.device import resolve_precision
 from harness.core.schedules import warmup_cosine
+from harness.data.store import iter_batches, take
 from harness.data.views import ViewSpec, augment, normalize
 from harness.models.backbones import is_convnet, is_vit
 from harness.models.kernels import prepare_for_training
@@ -76,13 +77,14 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return -(p_t * F.log_softmax(student_logits.float() / temperature, dim=-1)).sum(-1).mean()
 
 
-def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None, num_classes: int, mean, std, lr: float,
+def train_classifier(encoder: nn.Module, x, y: torch.Tensor | None, num_classes: int, mean, std, lr: float,
                      steps: int, batch_size: int, seed: int, device, precision: str, progress: bool = False,
                      desc: str = "finetune", teacher: nn.Module | None = None, temperature: float = 1.0,
                      on_pace: Callable[[float], None] | None = None) -> _Classifier:
     """Encoder + linear head trained on crop + flip views: by cross-entropy with the labels ``y``,
     or, with a ``teacher`` (y unused), by :func:`distillation_loss` against the teacher's
-    predictions on the same view."""
+    predictions on the same view. ``x`` is any image store (a tensor, or a folder streamed from disk,
+    whose workers decode each step's batch ahead of the step)."""
     torch.manual_seed(seed)
     model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
     channels_last = prepare_for_training(model, is_convnet(model.encoder), torch.device(device), precision)
@@ -97,6 +99,14 @@ def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None
 
         bar = tqdm(total=steps, desc=desc, unit="step", mininterval=1.0, leave=False, file=sys.stderr)
     t_pace = None
+
+    def step_indices():   # each step's batch: seeded epoch-wise permutations, a pure function of the step
+        for step in range(steps):
+            epoch, i = divmod(step, per_epoch)
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+            yield perm[i * bs : (i + 1) * bs]
+
+    batches = iter_batches(x, step_indices())
     for step in range(steps):
         if on_pace is not None and step in (1, min(steps - 1, 4)) and steps > 2:   # the pace after a warm-up step
             if t_pace is None:
@@ -104,11 +114,9 @@ def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None
             else:
                 on_pace((time.perf_counter() - t_pace) / (step - 1))
                 on_pace = None
-        epoch, i = divmod(step, per_epoch)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
-        idx = perm[i * bs : (i + 1) * bs]
+        idx, xb = next(batches)
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
-        xb = x[idx].to(device).float().div_(255)
+        xb = xb.to(device).float().div_(255)
         v, _, _ = augment(xb, spec, gen)
         v = (v - torch.tensor(mean, device=device).view(1, -1, 1, 1)) / torch.tensor(std, device=device).view(1, -1, 1, 1)
         if channels_last:
@@ -130,16 +138,17 @@ def train_classifier(encoder: nn.Module, x: torch.Tensor, y: torch.Tensor | None
         opt.step()
         if bar is not None:
             bar.update(1)
+    batches.close()          # a streamed store's workers stop here (also after a diverged step's break)
     if bar is not None:
         bar.close()
     return model.eval()
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, mean, std, device, precision: str, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, x, mean, std, device, precision: str, batch_size: int = 1024) -> torch.Tensor:
     outs = []
-    for i in range(0, len(x), batch_size):
-        xb = normalize(x[i : i + batch_size].to(device), mean, std)
+    for _, xb in iter_batches(x, (slice(i, i + batch_size) for i in range(0, len(x), batch_size))):
+        xb = normalize(xb.to(device), mean, std)
         if is_convnet(model.encoder):
             xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -152,7 +161,7 @@ def _topk(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
     return 100.0 * (logits.topk(k, dim=1).indices == y[:, None]).any(dim=1).float().mean().item()
 
 
-def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, mean, std,
+def select_and_fit(encoder: nn.Module, x_train, y_train: torch.Tensor, num_classes: int, mean, std,
                    steps: int = 300, batch_size: int = 256, lrs: Sequence[float] | None = None,
                    holdout_fraction: float = 0.1, label_fraction: float = 1.0, seed: int = 0, device="cpu",
                    precision: str = "auto", progress: bool = False, prefix: str = "finetune"):
@@ -164,7 +173,7 @@ def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     lrs = tuple(lrs or (VIT_LRS if is_vit(encoder) or getattr(encoder, "is_hybrid_vit", False) else CONVNET_LRS))
     y_train = torch.as_tensor(y_train).long()
     sub = label_fraction_subset(y_train, label_fraction, seed)
-    xs, ys = x_train[sub], y_train[sub]
+    xs, ys = take(x_train, sub), y_train[sub]     # a streamed store stays on disk
     fit, held = stratified_split(ys, holdout_fraction, seed)
     scores = {}
 
@@ -175,9 +184,9 @@ def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
               f"expected here (eval.finetune=full: 300 x 256 per fit)", file=sys.stderr)
 
     for i, lr in enumerate(lrs):
-        m = train_classifier(encoder, xs[fit], ys[fit], num_classes, mean, std, lr, steps, batch_size, seed, device,
+        m = train_classifier(encoder, take(xs, fit), ys[fit], num_classes, mean, std, lr, steps, batch_size, seed, device,
                              precision, progress, desc=f"{prefix} select lr={lr:g}", on_pace=announce if i == 0 else None)
-        logits = predict(m, xs[held], mean, std, device, precision)
+        logits = predict(m, take(xs, held), mean, std, device, precision)
         scores[lr] = _topk(logits, ys[held], 1) if torch.isfinite(logits).all() else 0.0
     best = max(lrs, key=lambda lr: (scores[lr], -lr))
     model = train_classifier(encoder, xs, ys, num_classes, mean, std, best, steps, batch_size, seed, device, precision,
@@ -185,7 +194,7 @@ def select_and_fit(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
     return model, best, scores, sub
 
 
-def finetune_eval(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+def finetune_eval(encoder: nn.Module, x_train, y_train: torch.Tensor, x_test,
                   y_test: torch.Tensor, num_classes: int, mean, std, steps: int = 300, batch_size: int = 256,
                   lrs: Sequence[float] | None = None, holdout_fraction: float = 0.1, label_fraction: float = 1.0,
                   seed: int = 0, device="cpu", precision: str = "auto", progress: bool = False,
@@ -195,10 +204,10 @@ def finetune_eval(encoder: nn.Module, x_train: torch.Tensor, y_train: torch.Tens
     precision = resolve_precision(precision, device)
     model, best, scores, sub = select_and_fit(encoder, x_train, y_train, num_classes, mean, std, steps, batch_size, lrs,
                                               holdout_fraction, label_fraction, seed, device, precision, progress, prefix)
-    xs = x_train[sub]
+    n_sub = len(sub)
     logits = predict(model, x_test, mean, std, device, precision)
     y_test = torch.as_tensor(y_test).long()
     return {f"{prefix}/top1": _topk(logits, y_test, 1), f"{prefix}/top5": _topk(logits, y_test, 5),
             f"{prefix}/lr": float(best), f"{prefix}/holdout_top1": float(scores[best]),
-            f"{prefix}/steps": float(steps), f"{prefix}/epochs": float(steps * min(batch_size, len(xs)) / max(1, len(xs)))}
+            f"{prefix}/steps": float(steps), f"{prefix}/epochs": float(steps * min(batch_size, n_sub) / max(1, n_sub))}
 

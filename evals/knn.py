@@ -20,10 +20,23 @@ Search backends (all exact except ``index="ivf"`` / ``"hnsw"``):
   plain chunked mm + topk 4.6-5.1 s).
   Both are exact and return the same neighbours, so the faster one is the default; the backend
   is logged. See ``benchmarks/eval_speed.py``.
+
+Exact search over a large database goes shard by shard (``shard_rows``, ``eval.knn_shard_rows``,
+default :data:`SHARD_ROWS` = 262,144 rows): each shard of at most ``shard_rows`` database rows is
+searched on its own (moved to the device, or put in its own FAISS flat index, one at a time) and
+its top k are merged into the running top k (:func:`merge_topk`). Every database row lies in
+exactly one shard and the top k of a union are the top k of the shards' top k, so the result is
+the unsharded search's; what the shard bounds is memory: the device (or FAISS) copy of the
+database is one shard, and the query chunk grows to ``CHUNK_ELEMENTS / shard_rows`` queries (128
+at the default, instead of 33 for a 1M database). A database of at most ``shard_rows`` rows is
+one shard, searched exactly as before. The approximate indexes are one index over the whole
+database (an IVF / HNSW index per shard would be a different index); they ignore ``shard_rows``.
+``benchmarks/knn_scale.py`` measures both indexes against this exact search at 1M features.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -31,11 +44,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.core.errors import SSLBenchError
+from harness.core.errors import ConfigError, SSLBenchError
 
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07
 CHUNK_ELEMENTS = 1 << 25  # similarity block (queries x database): 128 MB in float32, 671 queries for 50k
+SHARD_ROWS = 1 << 18      # database rows per exact-search shard (eval.knn_shard_rows): 256 MiB at 256-d float32
+INDEXES = ("flat", "ivf", "hnsw")
+# Queries per FAISS search call. Not the torch block's CHUNK_ELEMENTS / N: faiss-cpu (1.15) computes a
+# flat search with BLAS only when queries x dim >= 128,000 (distance_compute_blas_threshold) and
+# with a sequential kernel below, 15-30x slower (100k x 256, 2048 queries, k = 20, 2 cores: 1.1-1.5 s
+# in calls of >= 512 queries, 14-30 s in calls of <= 400; CHUNK_ELEMENTS / N gives 335 at 100k, 33 at 1M).
+FAISS_QUERY_CHUNK = 4096
 
 
 def require_faiss():
@@ -47,8 +67,17 @@ def require_faiss():
     return faiss
 
 
-def _faiss_index(db: np.ndarray, index: str, device: torch.device, nlist: int | None, nprobe: int, hnsw_m: int):
+def build_index(db: np.ndarray, index: str = "flat", device: str | torch.device = "cpu", nlist: int | None = None,
+                nprobe: int = 32, hnsw_m: int = 32):
+    """The FAISS inner-product index the evaluator searches, holding the (N, D) float32 ``db``.
+
+    ``flat``: ``IndexFlatIP`` (exact). ``ivf``: ``IndexIVFFlat`` with ``nlist`` lists (default
+    ``min(4 sqrt(N), N / 39)``), trained on a seeded sample of <= 256 points per list, ``nprobe``
+    lists searched. ``hnsw``: ``IndexHNSWFlat`` with ``hnsw_m`` links per node, ``efSearch`` >= 256.
+    On a CUDA ``device`` with FAISS GPUs, flat and ivf are GPU indexes.
+    """
     faiss = require_faiss()
+    device = torch.device(device)
     n, d = db.shape
     if index == "flat":
         idx = faiss.IndexFlatIP(d)
@@ -62,46 +91,107 @@ def _faiss_index(db: np.ndarray, index: str, device: torch.device, nlist: int | 
         idx = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         idx.hnsw.efSearch = max(idx.hnsw.efSearch, 256)
     else:
-        raise SSLBenchError(f"unknown kNN index '{index}'; valid choices: flat, ivf, hnsw")
-    if device.type == "cuda" and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0 and index != "hnsw":
-        idx = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, idx)
+        raise SSLBenchError(f"unknown kNN index '{index}'; valid choices: {', '.join(INDEXES)}")
+    if device.type == "cuda" and _faiss_gpus() > 0 and index != "hnsw":
+        idx = faiss.index_cpu_to_gpu(_gpu_resources(), device.index or 0, idx)
     idx.add(db)
     return idx
 
 
+def query_chunk(rows: int, chunk_size: int | None = None, backend: str = "torch") -> int:
+    """Queries per search call against ``rows`` database rows: ``chunk_size`` if given; else, for the
+    torch backend, ``CHUNK_ELEMENTS / rows`` (1..4096: the similarity block it holds); for FAISS,
+    :data:`FAISS_QUERY_CHUNK` (FAISS tiles the similarities itself, 4096 x 1024 at a time)."""
+    if chunk_size:
+        return chunk_size
+    return FAISS_QUERY_CHUNK if backend == "faiss" else max(1, min(4096, CHUNK_ELEMENTS // max(1, rows)))
+
+
+def search_index(idx, queries: np.ndarray, k: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``idx.search`` in query chunks of ``chunk``: (similarities, indices), both (Q, k); -1 = no neighbour."""
+    sims, idxs = zip(*(idx.search(queries[i:i + chunk], k) for i in range(0, len(queries), chunk)))
+    return np.concatenate(sims), np.concatenate(idxs)
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_resources():
+    """One ``StandardGpuResources`` per process (it reserves scratch memory): reused by every GPU index."""
+    return require_faiss().StandardGpuResources()
+
+
+def merge_topk(sims_a: torch.Tensor, idx_a: torch.Tensor, sims_b: torch.Tensor, idx_b: torch.Tensor,
+               k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``k`` (sorted) of two row-aligned neighbour lists, e.g. two database shards' top k."""
+    sims = torch.cat([sims_a, sims_b], dim=1)
+    top, j = sims.topk(min(k, sims.shape[1]), dim=1)
+    return top, torch.cat([idx_a, idx_b], dim=1).gather(1, j)
+
+
+def check_shard_rows(shard_rows) -> int:
+    """``shard_rows`` as an int >= 1, or the one-line ConfigError (``eval.knn_shard_rows``)."""
+    if isinstance(shard_rows, bool) or not isinstance(shard_rows, (int, np.integer)) or shard_rows < 1:
+        raise ConfigError(f"bad value {shard_rows!r} for 'eval.knn_shard_rows': must be an integer >= 1 "
+                          f"(database rows per exact-search shard; default {SHARD_ROWS})")
+    return int(shard_rows)
+
+
 def search(queries: torch.Tensor, database: torch.Tensor, k: int, backend: str = "auto", index: str = "flat",
            device: str | torch.device = "cpu", chunk_size: int | None = None, nlist: int | None = None,
-           nprobe: int = 32, hnsw_m: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+           nprobe: int = 32, hnsw_m: int = 32, shard_rows: int = SHARD_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` inner-product neighbours of each query: (similarities, indices), both (Q, k), sorted.
 
-    Inputs are used as given (normalise them first for cosine). Queries go in chunks of
-    ``chunk_size`` (default: ``CHUNK_ELEMENTS / len(database)``) so memory stays bounded.
+    Inputs are used as given (normalise them first for cosine). Exact search (``index="flat"``)
+    goes over the database in shards of ``shard_rows`` rows, merging each shard's top k (see the
+    module docstring); queries go in chunks of ``chunk_size`` (default :func:`query_chunk`: for the
+    torch backend ``CHUNK_ELEMENTS / rows`` of the largest shard, at most 4096) so memory stays bounded.
     """
     device = torch.device(device)
-    k = min(k, len(database))
-    chunk = chunk_size or max(1, min(4096, CHUNK_ELEMENTS // max(1, len(database))))
+    shard_rows = check_shard_rows(shard_rows)
+    n = len(database)
+    k = min(k, n)
     backend = resolve_backend(backend, index, device)
     if backend not in ("torch", "faiss"):
         raise SSLBenchError(f"unknown kNN backend '{backend}'; valid choices: auto, faiss, torch")
-    if len(queries) == 0:
-        return torch.empty(0, k), torch.empty(0, k, dtype=torch.long)
-    if backend == "torch":
-        if index != "flat":
-            raise SSLBenchError(f"kNN index '{index}' needs backend 'faiss' (the torch backend is exact)")
-        db = database.to(device, torch.float32).contiguous()
-        sims, idxs = [], []
-        buf = torch.empty(min(chunk, len(queries)), len(db), device=device)  # reused: no page faults per chunk
-        for i in range(0, len(queries), chunk):
-            qc = queries[i:i + chunk].to(device, torch.float32)
-            block = torch.mm(qc, db.T, out=buf[:len(qc)])
-            s, j = topk_rows(block, k)
-            sims.append(s.cpu())
-            idxs.append(j.cpu())
-        return torch.cat(sims), torch.cat(idxs)
-    idx = _faiss_index(np.ascontiguousarray(database.cpu().numpy(), dtype=np.float32), index, device, nlist, nprobe, hnsw_m)
-    q = np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32)
-    sims, idxs = zip(*(idx.search(q[i:i + chunk], k) for i in range(0, len(q), chunk)))
-    return torch.from_numpy(np.concatenate(sims)), torch.from_numpy(np.concatenate(idxs)).long()
+    if index not in INDEXES:
+        raise SSLBenchError(f"unknown kNN index '{index}'; valid choices: {', '.join(INDEXES)}")
+    if backend == "torch" and index != "flat":
+        raise SSLBenchError(f"kNN index '{index}' needs backend 'faiss' (the torch backend is exact)")
+    shard = shard_rows if index == "flat" else max(n, 1)
+    chunk = query_chunk(min(shard, n), chunk_size, backend)
+    if len(queries) == 0 or n == 0:
+        return torch.empty(len(queries), k), torch.empty(len(queries), k, dtype=torch.long)
+    best = buf = q = None
+    for start in range(0, n, shard):
+        part = database[start:start + shard]
+        if backend == "torch":
+            if buf is None:  # one buffer for every chunk of every shard: no page faults per chunk
+                buf = torch.empty(min(chunk, len(queries)) * len(part), device=device)
+            sims, idxs = _torch_search(queries, part, k, device, chunk, buf)
+        else:
+            idx = build_index(np.ascontiguousarray(part.cpu().numpy(), dtype=np.float32), index, device,
+                              nlist, nprobe, hnsw_m)
+            if q is None:
+                q = np.ascontiguousarray(queries.cpu().numpy(), dtype=np.float32)
+            sims, idxs = (torch.from_numpy(a) for a in search_index(idx, q, min(k, len(part)), chunk))
+            idxs = idxs.long()
+            del idx
+        idxs = idxs + start if start else idxs
+        best = (sims, idxs) if best is None else merge_topk(*best, sims, idxs, k)
+    return best
+
+
+def _torch_search(queries: torch.Tensor, part: torch.Tensor, k: int, device: torch.device, chunk: int,
+                  buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-``k`` of ``queries @ part.T`` in query chunks, each block written into ``buf``."""
+    db = part.to(device, torch.float32).contiguous()
+    sims, idxs = [], []
+    for i in range(0, len(queries), chunk):
+        qc = queries[i:i + chunk].to(device, torch.float32)
+        block = torch.mm(qc, db.T, out=buf[:len(qc) * len(db)].view(len(qc), len(db)))
+        s, j = topk_rows(block, k)
+        sims.append(s.cpu())
+        idxs.append(j.cpu())
+    return torch.cat(sims), torch.cat(idxs)
 
 
 def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,27 +244,43 @@ def vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, t
     return scores.scatter_add_(1, neighbour_labels, w)
 
 
+def normalise(features: torch.Tensor) -> torch.Tensor:
+    """Features as the kNN protocol compares them: float32, L2-normalised rows (cosine = inner product)."""
+    return F.normalize(features.float(), dim=1)
+
+
+def top_classes(sims: torch.Tensor, idx: torch.Tensor, train_labels: torch.Tensor, k: int, num_classes: int,
+                temperature: float = TEMPERATURE, top: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted vote of each query's first ``k`` neighbours: its ``top`` best classes (values, classes).
+
+    A value of 0 means no neighbour voted for that class (it is never a hit). A missing neighbour
+    (index -1, as an approximate FAISS index may return) has similarity -inf or -FLT_MAX: weight 0.
+    """
+    labels = train_labels[idx[:, :k].clamp_min(0)]
+    scores = vote(sims[:, :k], labels, num_classes, temperature)
+    return scores.topk(min(top, num_classes), dim=1)
+
+
 def knn_eval(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
              test_labels: torch.Tensor, ks: Sequence[int] = KS, temperature: float = TEMPERATURE,
              num_classes: int | None = None, backend: str = "auto", index: str = "flat",
-             device: str | torch.device = "cpu", chunk_size: int | None = None) -> dict[str, float]:
+             device: str | torch.device = "cpu", chunk_size: int | None = None,
+             shard_rows: int = SHARD_ROWS) -> dict[str, float]:
     """Weighted kNN accuracy (percent) for every k from one search: ``knn/top1@{k}``, ``knn/top5@{k}``.
 
-    Features are L2-normalised here; the vote is :func:`vote` (DINO / InstDisc, T = 0.07).
-    A class without a vote never counts as a hit (so top-5 with k < 5 neighbours is well defined).
+    Features are L2-normalised here (:func:`normalise`); the vote is :func:`vote` (DINO / InstDisc,
+    T = 0.07). A class without a vote never counts as a hit (so top-5 with k < 5 neighbours is well
+    defined). ``shard_rows``: database rows per exact-search shard (:func:`search`).
     """
     train_labels = torch.as_tensor(train_labels).long().cpu()
     test_labels = torch.as_tensor(test_labels).long().cpu()
     c = int(num_classes or int(max(train_labels.max(), test_labels.max())) + 1)
-    db = F.normalize(train_features.float(), dim=1)
-    q = F.normalize(test_features.float(), dim=1)
-    sims, idx = search(q, db, max(ks), backend, index, device, chunk_size)
-    nl = train_labels[idx]
+    sims, idx = search(normalise(test_features), normalise(train_features), max(ks), backend, index, device,
+                       chunk_size, shard_rows=shard_rows)
     out = {}
     for k in sorted(ks):
-        scores = vote(sims[:, :k], nl[:, :k], c, temperature)
-        top = scores.topk(min(5, c), dim=1)
-        hit = (top.indices == test_labels[:, None]) & (top.values > 0)  # a class no neighbour voted for is no hit
+        values, classes = top_classes(sims, idx, train_labels, k, c, temperature)
+        hit = (classes == test_labels[:, None]) & (values > 0)  # a class no neighbour voted for is no hit
         out[f"knn/top1@{k}"] = 100.0 * hit[:, 0].double().mean().item()
         out[f"knn/top5@{k}"] = 100.0 * hit.any(dim=1).double().mean().item()
     return out

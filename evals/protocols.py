@@ -67,7 +67,7 @@ def _knn(ctx: Context) -> dict[str, Any]:
     c, ds = ctx.cfg, ctx.dataset
     ctx.timed("knn", lambda: knn_eval(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, c.knn_k,
                                       c.knn_temperature, ds.num_classes, backend=c.knn_backend, index=c.knn_index,
-                                      device=ctx.device))
+                                      device=ctx.device, shard_rows=c.knn_shard_rows))
     return {"eval/knn_k": ",".join(map(str, c.knn_k)), "eval/knn_temperature": c.knn_temperature,
             "eval/knn_metric": "cosine", "eval/knn_index": c.knn_index,
             "eval/knn_backend": resolve_backend(c.knn_backend, c.knn_index, ctx.device)}

@@ -9,6 +9,8 @@
     sslbench export CHECKPOINT                  the encoder as a plain (timm-loadable) state dict + a model card
     sslbench methods [NAME] [-v]                every method: family, needs, paper, venue
     sslbench ui [--port N]                      the MLflow UI on 127.0.0.1 against the same store
+    sslbench sweep [SUITE] [key=value ...]      a suite as run specs on an executor (in-process, submitit local, Slurm)
+    sslbench server [--host H] [--port N]       a team tracking server (MLflow) with a database and an artifact root
 
 Errors caused by input print one line (``sslbench: error: ...``) and exit with status 2.
 """
@@ -221,6 +223,58 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def _suite_spec(args):
+    from harness.run.suites import load_suite
+
+    spec = dict(load_suite(args.suite).__dict__)
+    if args.seeds:
+        spec["seeds"] = _seed_list(args.seeds)
+    if args.methods:
+        spec["methods"] = _method_list(args.methods)
+    return spec
+
+
+def cmd_sweep(args) -> int:
+    from harness.report.export import export_leaderboard
+    from harness.run import sweep
+
+    overrides = parse_overrides(args.overrides)
+    spec = _suite_spec(args)
+    spec["grid"] = {**spec.get("grid", {}), **sweep.grid_overrides(args.grid)}
+    specs = sweep.sweep_specs(spec, overrides)
+    slurm = sweep.SlurmOptions(args.partition, args.gpus_per_node, args.cpus_per_task, args.mem_gb, args.time_min,
+                               args.nodes, args.account, args.qos, args.constraint, tuple(args.setup or ()))
+    if args.specs_out:
+        sweep.write_specs(specs, Path(args.specs_out))
+    if args.dry_run:
+        print(f"{len(specs)} run specs (id = the run's identity hash; status from the run folders):")
+        for s in specs:
+            print(f"  {s.describe()}  [{sweep.spec_status(s)}]")
+        if args.executor == "slurm":
+            print("\nthe sbatch script submitit would submit (one array job):\n")
+            print(sweep.slurm_script(specs, slurm, args.max_parallel))
+        return 0
+    results = sweep.execute(specs, args.executor, args.max_parallel, slurm, wait=not args.no_wait)
+    print(f"sslbench: sweep: {len(results)} runs: {sweep.summary(results)}", file=sys.stderr)
+    if args.no_wait:
+        return 0
+    command = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for name in dict.fromkeys(s.config["tracking"]["experiment"] for s in specs):
+        export_leaderboard(name, overrides.get("tracking.uri"), args.out, command=command)
+    failed = [r for r in results if r["status"].startswith("failed")]
+    for r in failed:
+        print(f"sslbench: {r['id']}: {r['status']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_server(args) -> int:
+    from harness.tracking.ui import serve
+
+    serve(args.backend_store_uri or args.tracking_uri, args.host, args.port, artifacts=args.artifacts_destination,
+          workers=args.workers, start_timeout=args.start_timeout, duration=args.duration, label="tracking server")
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error format: one line, ``sslbench: error: ...``, exit 2."""
 
@@ -313,6 +367,53 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="DIR", help="where to write encoder.pth + encoder.json (default: export/ beside "
                                                  "the checkpoint)")
 
+    sp = add("sweep", "expand a suite into run specs (methods x grid x seeds, content-hashed ids) and run them on an "
+                      "executor; resubmitting skips finished runs and resumes interrupted ones", cmd_sweep,
+             overrides=False, epilog=_suites_help())
+    sp.add_argument("suite", nargs="?", default="default", help="a suite YAML path or a built-in suite name")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every run")
+    sp.add_argument("--dry-run", action="store_true", help="print the specs (and, for slurm, the sbatch script); run nothing")
+    sp.add_argument("--executor", default="inprocess", choices=["inprocess", "local", "slurm"],
+                    help="inprocess (default: one after another here), local (submitit: a process per run), "
+                         "slurm (submitit: one array job)")
+    sp.add_argument("--max-parallel", type=int, default=1, help="runs at once (local: processes; slurm: the array's %%N)")
+    sp.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="sweep a config key over values (repeatable; "
+                                                                         "every combination), e.g. budget.value=60,240")
+    sp.add_argument("--seeds", help="comma-separated seeds, replacing the suite's")
+    sp.add_argument("--methods", help="comma-separated methods (or 'all'), replacing the suite's list")
+    sp.add_argument("--specs-out", metavar="JSONL", help="also write the specs, one JSON per line")
+    sp.add_argument("--tables", "--out", dest="out", default="results", metavar="DIR",
+                    help="where the leaderboard tables are written when the sweep has finished (default: results/)")
+    sp.add_argument("--no-wait", action="store_true", help="slurm: submit and return (rerun the same command later: "
+                                                            "finished runs are skipped)")
+    g = sp.add_argument_group("slurm (with --executor slurm)")
+    g.add_argument("--partition")
+    g.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per run (DDP across them; default 1)")
+    g.add_argument("--nodes", type=int, default=1, help="nodes per run (default 1)")
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--mem-gb", type=int)
+    g.add_argument("--time-min", type=int, default=240, help="time limit per run in minutes (requeued from its "
+                                                             "checkpoint when it runs out; default 240)")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--constraint")
+    g.add_argument("--setup", action="append", metavar="LINE", help="a shell line before each run (repeatable), "
+                                                                   "e.g. 'source ~/sslbench/.venv/bin/activate'")
+
+    sp = add("server", "start a tracking server for a team (MLflow): a database (SQLite by default, or PostgreSQL/MySQL "
+                       "through MLflow) and an artifact root; clients set MLFLOW_TRACKING_URI or tracking.uri=http://HOST:PORT",
+             cmd_server, overrides=False)
+    sp.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface; default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--backend-store-uri", metavar="URI", help="the database: sqlite:///PATH.db (default: "
+                                                               "results/mlflow.db) or postgresql://USER:PASS@HOST/DB")
+    sp.add_argument("--tracking-uri", metavar="URI", help=argparse.SUPPRESS)
+    sp.add_argument("--artifacts-destination", metavar="DIR_OR_URI", help="where the server stores artifacts it receives "
+                                                                          "(default: mlartifacts/ beside a SQLite database)")
+    sp.add_argument("--workers", type=int, default=1, help="server worker processes (default 1)")
+    sp.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
+    sp.add_argument("--start-timeout", type=float, default=60)
+
     sp = add("ui", "start the MLflow UI on 127.0.0.1 against the same store (Ctrl-C stops it)", cmd_ui, overrides=False)
     sp.add_argument("--port", type=int, default=5000)
     sp.add_argument("--tracking-uri", metavar="URI", help=STORE_HELP)
@@ -326,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = _one_flag_style(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "fn", None) is cmd_run and args.suite and "=" in args.suite:
+    if getattr(args, "fn", None) in (cmd_run, cmd_sweep) and args.suite and "=" in args.suite:
         # argparse fills the optional suite positional with the first free token: an override is never a suite
         args.overrides = [args.suite, *(args.overrides or [])]
         args.suite = "default"
@@ -339,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
-    if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check):
+    if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check, cmd_sweep):
         from harness.tracking.provenance import git_info
 
         git_info()  # pin the commit this process's code came from, before any long work
@@ -352,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         how = {cmd_pretrain: "rerun with --resume to continue from the last checkpoint",
                cmd_run: "rerun with --resume to skip finished runs and continue the interrupted one",
-               cmd_check: "rerun 'sslbench check' (the gate always trains its suite from the start)"}.get(
+               cmd_check: "rerun 'sslbench check' (the gate always trains its suite from the start)",
+               cmd_sweep: "rerun the same 'sslbench sweep' command: finished runs are skipped, interrupted ones "
+                          "resume from their checkpoints"}.get(
                    args.fn, "nothing was left half-written")
         print(f"sslbench: interrupted; {how}", file=sys.stderr)
         return 130
@@ -378,7 +481,7 @@ def _one_flag_style(argv: list[str]) -> list[str]:
     config keys (leaderboard, compare, ui) ``tracking.uri=URI`` is read as that option."""
     if not argv:
         return argv
-    takes_keys = argv[0] in ("pretrain", "eval", "run", "check")
+    takes_keys = argv[0] in ("pretrain", "eval", "run", "check", "sweep")
     out, i = [argv[0]], 1
     while i < len(argv):
         a, value = argv[i], None

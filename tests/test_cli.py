@@ -163,3 +163,19 @@ def test_the_store_is_spelled_one_way_on_every_command(tmp_path):
                  ["leaderboard", "--tracking-uri", f"sqlite:///{tmp_path}/other.db"]):
         r = sslbench(*args, cwd=tmp_path)
         _one_line_error(r, "other.db")
+
+
+def test_eval_of_a_checkpoint_keeps_its_dataset_when_only_the_folder_is_given():
+    """`sslbench eval CKPT data.data_dir=D` scores on the checkpoint's dataset (name, size) read from D;
+    a key the user sets wins; paths never come from the checkpoint."""
+    from harness.run.evaluate import evaluation_config
+    from harness.train.config import resolve
+
+    trained = resolve({"data.name": "imagefolder", "data.data_dir": "/trained/here", "data.image_size": 24})
+    user = resolve({"data.data_dir": "/my/copy"})
+    cfg = evaluation_config(trained, user, {"data.data_dir"})
+    assert (cfg.data.name, cfg.data.data_dir, cfg.data.image_size) == ("imagefolder", "/my/copy", 24)
+    cfg = evaluation_config(trained, resolve({"data.image_size": 32}), {"data.image_size"})
+    assert (cfg.data.name, cfg.data.data_dir, cfg.data.image_size) == ("imagefolder", None, 32)
+    cfg = evaluation_config(trained, resolve({"data.name": "cifar10"}), {"data"})
+    assert (cfg.data.name, cfg.data.image_size) == ("cifar10", None)

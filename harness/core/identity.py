@@ -8,7 +8,8 @@ kernels ``train.resolved.*`` -- with, for a seconds budget, the hardware the sec
 (``train.resolved.hardware``: CPU model and threads, or GPU and processes) -- and the dataset's content
 fingerprint ``data.fingerprint``), minus
 the knobs that cannot change a result (tracking, output folders, progress bars, checkpoint
-intervals, thread count, where the data lives, display labels, the preset's name). Evaluation
+intervals, thread count, where the data lives and whether it is streamed from disk or held in memory
+(``data.memory_cap_mb``, ``data.workers``), display labels, the preset's name). Evaluation
 knobs are not in it: they are the leaderboard's protocol key.
 
 * ``config_id``: the identity without the seed (the runs one table row averages);
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 
 RANDOM_INIT_KEYS = ("method", "backbone", "seed")   # plus data.*: a random-init encoder trains nothing
 NOT_RESULT = ("tracking.", "out_dir", "preset", "train.progress", "train.checkpoint_every_", "train.threads",
-              "data.data_dir", "data.label", "eval.", "eval/")
+              "data.data_dir", "data.label", "data.memory_cap_mb", "data.workers", "eval.", "eval/")
 
 
 def param_text(v: Any) -> str:

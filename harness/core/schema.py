@@ -26,6 +26,11 @@ class DataConfig:
     train_subset: int | None = positive(None)  # N train images, stratified by class and seeded (tests, smoke runs)
     test_subset: int | None = positive(None)
     subset_seed: int = 0                 # the seed of the subsets' draw (the same for every run seed)
+    # an image folder whose decoded images (train + val, uint8) exceed this is streamed from disk
+    # instead of held in memory (0: always stream); the same images and results either way
+    memory_cap_mb: float = positive(4096.0, allow_zero=True)
+    workers: int | None = positive(None, allow_zero=True)   # processes decoding a streamed folder (0: in the
+    #                                      main process); None = min(8, the CPUs this process may use)
 
 
 BUDGET_KINDS = ("epochs", "steps", "samples", "seconds", "flops")

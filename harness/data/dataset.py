@@ -1,8 +1,11 @@
-"""The in-memory dataset every loader returns, and the seeded batch order of training.
+"""The dataset every loader returns, and the seeded batch order of training.
 
-An :class:`ImageDataset` holds uint8 tensors (N, C, H, W) for TRAIN and TEST with int64 labels;
-its per-channel statistics come from TRAIN only. Loaders for the standard on-disk layouts live
-in :mod:`harness.data.sources`.
+An :class:`ImageDataset` holds uint8 images (N, C, H, W) for TRAIN and TEST with int64 labels;
+its per-channel statistics come from TRAIN only. The images are an image store
+(:mod:`harness.data.store`): a tensor in memory, or, for an image folder larger than
+``data.memory_cap_mb``, a :class:`~harness.data.store.FolderImages` that decodes files on demand;
+the labels are always in memory. Loaders for the standard on-disk layouts live in
+:mod:`harness.data.sources`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.errors import DataError
+from harness.data.store import CHUNK_VALUES, FolderImages, is_streamed, iter_batches, take
+from harness.data.store import nbytes as store_nbytes
 
 MAX_CLASSES = 100_000   # more "classes" than this: the labels are not class indices
 
@@ -24,9 +29,9 @@ MAX_CLASSES = 100_000   # more "classes" than this: the labels are not class ind
 @dataclass
 class ImageDataset:
     name: str
-    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    x_train: torch.Tensor | FolderImages  # uint8 (N, C, H, W): an image store (harness.data.store)
     y_train: torch.Tensor  # int64 (N,)
-    x_test: torch.Tensor
+    x_test: torch.Tensor | FolderImages
     y_test: torch.Tensor
     num_classes: int
     class_names: list[str] = field(default_factory=list)
@@ -52,9 +57,7 @@ class ImageDataset:
             raise DataError(f"{self.name}: the training split is empty ({self.source})")
         if not self.mean:
             # per-channel statistics of the TRAIN split (never the test split)
-            sample = self.x_train[:: max(1, len(self.x_train) // 10000)].float() / 255.0
-            self.mean = tuple(sample.mean(dim=(0, 2, 3)).tolist())
-            self.std = tuple(sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+            self.mean, self.std = channel_stats(self.x_train, every=max(1, len(self.x_train) // 10000))
 
     @property
     def channels(self) -> int:
@@ -63,6 +66,24 @@ class ImageDataset:
     @property
     def image_size(self) -> int:
         return self.x_train.shape[-1]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are read from disk (an image folder over ``data.memory_cap_mb``)."""
+        return is_streamed(self.x_train) or is_streamed(self.x_test)
+
+    @property
+    def nbytes(self) -> int:
+        """The decoded size of both splits' images."""
+        return store_nbytes(self.x_train) + store_nbytes(self.x_test)
+
+    def materialised(self) -> "ImageDataset":
+        """The same dataset with every image decoded into memory (itself when it is in memory)."""
+        if not self.streamed:
+            return self
+        mem = [x.materialise() if is_streamed(x) else x for x in (self.x_train, self.x_test)]
+        return ImageDataset(self.name, mem[0], self.y_train, mem[1], self.y_test, self.num_classes,
+                            self.class_names, self.source, self.mean, self.std)
 
     def split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split == "train":
@@ -79,12 +100,16 @@ class ImageDataset:
         tr = stratified_take(self.y_train, train, seed) if train else slice(None)
         te = stratified_take(self.y_test, test, seed + 1) if test else slice(None)
         return ImageDataset(
-            self.name, self.x_train[tr], self.y_train[tr], self.x_test[te], self.y_test[te],
+            self.name, take(self.x_train, tr), self.y_train[tr], take(self.x_test, te), self.y_test[te],
             self.num_classes, self.class_names, self.source, self.mean, self.std,
         )
 
     def resized(self, size: int) -> "ImageDataset":
         """Every image resized to ``size`` x ``size`` (bilinear, antialiased); statistics recomputed."""
+        if self.streamed:
+            raise DataError(f"{self.name}: a dataset streamed from disk is not resized after loading; its loader "
+                            f"decodes at data.image_size ({self.source})")
+
         def rs(x: torch.Tensor) -> torch.Tensor:
             out = [F.interpolate(x[i:i + 4096].float(), size=(size, size), mode="bilinear", antialias=True,
                                  align_corners=False) for i in range(0, len(x), 4096)]
@@ -94,13 +119,37 @@ class ImageDataset:
                             self.class_names, self.source)
 
     def fingerprint(self) -> str:
-        """A cheap content hash for caches: shapes plus a strided sample of pixels."""
+        """A cheap content hash for caches and run identity: shapes plus a strided sample of pixels
+        (about 65536 values of each split, and the labels). The same images give the same value
+        whether they are held in memory or streamed from disk (a streamed store decodes only the
+        images the sample touches, once)."""
         h = hashlib.sha256()
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
             h.update(str(tuple(t.shape)).encode())
-            flat = t.reshape(-1)
-            h.update(flat[:: max(1, flat.numel() // 65536)].numpy().tobytes())
+            stride = max(1, t.numel() // 65536)
+            h.update(t.flat_sample(stride) if is_streamed(t) else t.reshape(-1)[::stride].numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def channel_stats(x, every: int = 1) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (unbiased, at least 1e-3) in [0, 1] units of images ``x[::every]``
+    (any image store), read in chunks. Computed from exact integer sums, so the result does not
+    depend on the chunking: a folder held in memory and the same folder streamed get the same
+    statistics, bit for bit."""
+    c = x.shape[1]
+    s, ss, count = [0] * c, [0] * c, 0
+    sample = torch.arange(0, len(x), every)
+    per = max(1, int(np.prod(tuple(x.shape[1:]))))
+    for _, xb in iter_batches(x, sample.split(max(1, CHUNK_VALUES // per))):
+        s = [a + int(b) for a, b in zip(s, xb.sum(dim=(0, 2, 3), dtype=torch.int64))]
+        xi = xb.to(torch.int32)
+        ss = [a + int(b) for a, b in zip(ss, (xi * xi).sum(dim=(0, 2, 3), dtype=torch.int64))]
+        count += xb.shape[0] * xb.shape[2] * xb.shape[3]
+    if count == 0:
+        return (0.0,) * c, (1.0,) * c
+    mean = tuple(a / count / 255.0 for a in s)
+    var = [(b * count - a * a) / (count * (count - 1)) / 65025.0 if count > 1 else 0.0 for a, b in zip(s, ss)]
+    return mean, tuple(max(v ** 0.5, 1e-3) for v in var)
 
 
 def stratified_take(labels: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,8 @@
 * ``npz``: any such ``.npz`` file (``data.data_dir`` is the file).
 * ``imagefolder``: ImageNet-style ``root/{train,val}/<class>/<image>`` (``test/`` when there is no
   ``val/``), at the images' native size when they share one (else 64; ``data.image_size`` resizes),
-  grayscale kept as one channel, held in memory.
+  grayscale kept as one channel; held in memory when its decoded images fit in ``data.memory_cap_mb``,
+  else streamed from disk (decoded by ``data.workers`` processes as batches are read).
 * ``synthetic``: small generated data for tests only.
 
 Nothing is downloaded: a missing dataset is a :class:`DataError` saying where we looked and
@@ -30,7 +31,9 @@ import torch
 
 from harness.core.errors import DataError
 from harness.core.registry import Registry
+from harness.core.schema import DataConfig
 from harness.data.dataset import ImageDataset, data_roots, to_tensor_nchw
+from harness.data.store import FolderImages, nbytes
 
 DATASETS: Registry = Registry("dataset")
 
@@ -251,37 +254,45 @@ def _survey(files: list[tuple[Path, int]]) -> tuple[set[tuple[int, int]], bool]:
     return sizes, gray
 
 
-def _read_folder(files: list[tuple[Path, int]], size: int, gray: bool) -> tuple[np.ndarray, np.ndarray]:
+def decode_image(path: str, size: int, gray: bool) -> np.ndarray:
+    """One image file as uint8 (size, size) (``gray``) or (size, size, 3): converted to L / RGB,
+    centre-cropped to a square at its short side, resized (bilinear) when that side is not ``size``.
+    The one decode of image folders, in memory or streamed (it runs in the loader's worker processes)."""
     from PIL import Image
 
-    xs, ys = [], []
-    for f, ci in files:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("L" if gray else "RGB")
-                w, h = im.size
-                s = min(w, h)  # centre square crop, then resize (none when the side is already `size`)
-                if (w, h) != (s, s):
-                    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                if s != size:
-                    im = im.resize((size, size), Image.BILINEAR)
-                xs.append(np.asarray(im, dtype=np.uint8))
-                ys.append(ci)
-        except OSError as e:
-            raise DataError(f"{f}: unreadable image ({e}); remove or replace it") from None
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if gray else "RGB")
+            w, h = im.size
+            s = min(w, h)  # centre square crop, then resize (none when the side is already `size`)
+            if (w, h) != (s, s):
+                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            if s != size:
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"{path}: unreadable image ({e}); remove or replace it") from None
+
+
+def _mb(n_bytes: int) -> str:
+    mb = n_bytes / 2**20
+    return f"{mb:,.0f} MB" if mb >= 100 else f"{mb:.3g} MB"
 
 
 DEFAULT_FOLDER_SIZE = 64   # the side used when a folder's images do not share one size
 
 
 @DATASETS.register("imagefolder")
-def imagefolder(data_dir: str | None = None, image_size: int | None = None, **_) -> ImageDataset:
+def imagefolder(data_dir: str | None = None, image_size: int | None = None, memory_cap_mb: float | None = None,
+                workers: int | None = None, **_) -> ImageDataset:
     """``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (or ``ROOT/test/``): the
     evaluation split is val/ (test/ when there is no val/); the classes are the sub-folders of
     train/ (sorted; the same names in val/). Images are centre-cropped to a square and kept at their
     native side when they all share one (``data.image_size`` resizes); grayscale folders stay one
-    channel, anything else is RGB. One line at load says what was done."""
+    channel, anything else is RGB (:func:`decode_image`). A folder whose decoded images fit in
+    ``memory_cap_mb`` (``data.memory_cap_mb``) is decoded into memory; a larger one is streamed
+    from disk (:class:`~harness.data.store.FolderImages`, decoded by ``workers`` processes per read).
+    One line at load says what was done and which of the two was chosen."""
     if not data_dir:
         raise DataError("dataset 'imagefolder' needs data.data_dir=ROOT with ROOT/train/<class>/* and ROOT/val/<class>/*")
     root = Path(data_dir).expanduser()
@@ -302,12 +313,19 @@ def imagefolder(data_dir: str | None = None, image_size: int | None = None, **_)
         lo, hi = min(sizes, key=lambda s: s[0] * s[1]), max(sizes, key=lambda s: s[0] * s[1])
         how = (f"sizes differ ({lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]}): centre-cropped and resized to {size}x{size} "
                f"(set data.image_size=N to choose)")
-    xtr, ytr = _read_folder(train_files, size, gray)
-    xte, yte = _read_folder(test_files, size, gray)
+    xtr, xte = (FolderImages([str(f) for f, _ in fs], size, gray, decode_image, workers)
+                for fs in (train_files, test_files))
+    ytr, yte = (torch.tensor([ci for _, ci in fs], dtype=torch.int64) for fs in (train_files, test_files))
+    cap = DataConfig.memory_cap_mb if memory_cap_mb is None else memory_cap_mb
+    decoded = nbytes(xtr) + nbytes(xte)
+    if decoded > cap * 2**20:
+        where = f"streamed from disk {xtr.readers} (decoded {_mb(decoded)} > data.memory_cap_mb={cap:g})"
+    else:
+        xtr, xte = xtr.materialise(), xte.materialise()
+        where = f"held in memory (decoded {_mb(decoded)} <= data.memory_cap_mb={cap:g})"
     print(f"sslbench: {root}: {len(ytr)} train / {len(yte)} {test_dir.name} images, {len(classes)} classes, {how}, "
-          + ("grayscale (1 channel)" if gray else "RGB (3 channels)"), file=sys.stderr)
-    return ImageDataset(root.name, to_tensor_nchw(xtr), torch.from_numpy(ytr), to_tensor_nchw(xte),
-                        torch.from_numpy(yte), len(classes), classes, source=str(root))
+          + ("grayscale (1 channel)" if gray else "RGB (3 channels)") + f", {where}", file=sys.stderr)
+    return ImageDataset(root.name, xtr, ytr, xte, yte, len(classes), classes, source=str(root))
 
 
 @DATASETS.register("synthetic")
@@ -331,11 +349,18 @@ def synthetic(data_dir: str | None = None, image_size: int | None = None, n_trai
 
 
 def load_dataset(cfg) -> ImageDataset:
-    """Load ``cfg.data`` (a DataConfig) through the registry."""
+    """Load ``cfg.data`` (a DataConfig) through the registry. A streamed folder whose subsets
+    (``data.train_subset`` / ``test_subset``) fit in ``data.memory_cap_mb`` is then held in memory."""
     factory = DATASETS.get(cfg.name)
-    ds = factory(data_dir=cfg.data_dir, image_size=cfg.image_size)
+    ds = factory(data_dir=cfg.data_dir, image_size=cfg.image_size, memory_cap_mb=cfg.memory_cap_mb,
+                 workers=cfg.workers)
     if cfg.image_size and ds.image_size != cfg.image_size:   # every layout honours data.image_size
         ds = ds.resized(cfg.image_size)
     if cfg.label:
         ds.name = cfg.label
-    return ds.subset(cfg.train_subset, cfg.test_subset, cfg.subset_seed)
+    ds = ds.subset(cfg.train_subset, cfg.test_subset, cfg.subset_seed)
+    if ds.streamed and ds.nbytes <= cfg.memory_cap_mb * 2**20:
+        print(f"sslbench: {ds.name}: the subsets ({len(ds.y_train)} train / {len(ds.y_test)} test images, decoded "
+              f"{_mb(ds.nbytes)}) fit data.memory_cap_mb={cfg.memory_cap_mb:g}: held in memory", file=sys.stderr)
+        ds = ds.materialised()
+    return ds

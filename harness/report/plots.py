@@ -159,8 +159,8 @@ def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = H
                      fontsize=10)
         handles = [Patch(color=f"C{j}", label=names.get(m, m)) for j, m in enumerate(shown)]
         handles.append(Patch(facecolor="white", edgecolor="0.3", hatch="///", label="random init (floor)"))
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=len(handles), fontsize=8,
-                  frameon=False)   # below the axis: never over a bar
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=3.6,
+                  ncol=len(handles), fontsize=8, frameon=False)   # below the axis label (in points): never over a bar
         if has_au:
             ax2 = axes[0][1]
             markers = "osD^vP*Xh<>"

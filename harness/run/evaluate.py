@@ -16,7 +16,7 @@ from evals.evaluate import evaluate
 from evals.features import scored_encoder
 from harness.core.config import flatten
 from harness.core.device import apply_threads, resolve_device
-from harness.core.errors import CheckpointError
+from harness.core.errors import CheckpointError, DataError
 from harness.core.identity import NOT_RESULT
 from harness.core.identity import identity as run_identity
 from harness.data.dataset import ImageDataset
@@ -26,7 +26,7 @@ from harness.models.backbones import build_backbone
 from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
 from harness.run.naming import log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import load_plugins
-from harness.tracking.runs import TrackedRun, conflicts, recorded_params
+from harness.tracking.runs import TrackedRun, conflicts, ended_killed, recorded_params
 from harness.tracking.store import client
 from harness.train.build import load_trained_method, method_config_params
 from harness.train.config import RunConfig, to_dict
@@ -65,7 +65,10 @@ def evaluation_config(ckpt_cfg: RunConfig, user: RunConfig, explicit: set[str]) 
     def given(section: str) -> bool:
         return any(k == section or k.startswith(section + ".") for k in explicit)
 
-    data = user.data if given("data") else dataclasses.replace(ckpt_cfg.data, data_dir=user.data.data_dir)
+    # data: the checkpoint's, with the keys the user set (data.data_dir=... alone keeps its dataset and size)
+    keys = {k.split(".", 1)[1].split(".")[0] for k in explicit if k.startswith("data.")}
+    data = user.data if "data" in explicit else dataclasses.replace(
+        ckpt_cfg.data, **{"data_dir": user.data.data_dir, **{k: getattr(user.data, k) for k in keys if hasattr(user.data, k)}})
     tracking = dataclasses.replace(user.tracking, experiment=user.tracking.experiment
                                    if given("tracking.experiment") else ckpt_cfg.tracking.experiment)
     train = dataclasses.replace(ckpt_cfg.train, device=user.train.device, progress=user.train.progress,
@@ -88,7 +91,14 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
     cfg = evaluation_config(tcfg, cfg, set(explicit if explicit is not None else {"tracking.experiment", "data"}))
     ensure_dir(Path(cfg.out_dir))
     client(cfg.tracking.uri)
-    ds = dataset or load_dataset(cfg.data)
+    try:
+        ds = dataset or load_dataset(cfg.data)
+    except DataError as e:
+        if cfg.data.data_dir or not tcfg.data.data_dir:
+            raise
+        # paths never come from a checkpoint, but saying where it was trained saves a search
+        raise DataError(f"{e} (this checkpoint was trained with data.data_dir={tcfg.data.data_dir}: pass that, or "
+                        f"where the same data is on this machine)") from None
     if ds.channels != method.info.channels:
         raise CheckpointError(f"{p} was trained on {method.info.channels}-channel images; the dataset "
                               f"{ds.name} has {ds.channels}: evaluate it on data like its training data")
@@ -163,7 +173,15 @@ def _random_init(cfg: RunConfig, encoder: torch.nn.Module, ds: ImageDataset, nam
             log(f"{name}: already evaluated (run {state['run_id']}); skipping")
             return state
     params = {**flatten(cfg), "data.fingerprint": fingerprint}
+    before = read_state(state_path) if resume else {}
     run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, params=params, tags=run_tags(cfg, device.type, ds))
+    if before.get("run_id") and not before.get("evaluated"):
+        # an earlier attempt was killed mid-evaluation (SIGKILL leaves its record RUNNING): it ends KILLED,
+        # naming the record that replaces it; an evaluation is scored again from the start, not continued
+        ended_killed(cfg.tracking.uri, before["run_id"], f"killed before its evaluation finished; "
+                                                         f"evaluated again as run {run.run_id}")
+    write_json_atomic(state_path, {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": False,
+                                   "data_fingerprint": fingerprint})
     with recorded(run):
         run.set_tags(dict(zip(("sslbench.config_id", "sslbench.identity"), run_identity(params))))
         t0 = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from typing import Any
@@ -26,28 +27,48 @@ class Suite:
     common: dict[str, Any]                   # overrides for every run
     per_method: dict[str, dict[str, Any]]    # overrides per method (e.g. mae: backbone)
     random_init: bool = True
+    grid: dict[str, list[Any]] = dataclasses.field(default_factory=dict)   # key: [values], every combination
 
 
 def load_suite(spec: str | dict[str, Any]) -> Suite:
     data = load_yaml(spec) if isinstance(spec, str) else dict(spec)
-    unknown = set(data) - {"name", "methods", "seeds", "common", "per_method", "random_init", "description"}
+    unknown = set(data) - {"name", "methods", "seeds", "common", "per_method", "random_init", "description", "grid"}
     if unknown:
-        raise ConfigError(f"unknown suite key(s) {', '.join(sorted(unknown))}; valid: name, methods, seeds, common, per_method, random_init")
+        raise ConfigError(f"unknown suite key(s) {', '.join(sorted(unknown))}; valid: name, methods, seeds, common, "
+                          "per_method, random_init, grid")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError("a suite's 'grid' maps config keys to non-empty lists of values, e.g. "
+                          "grid: {backbone: [cnn4, resnet18_cifar], budget.value: [60, 240]}")
     methods = data.get("methods") or []
     if not methods:
         raise ConfigError("a suite needs a non-empty 'methods' list")
     return Suite(str(data.get("name", "suite")), [str(m) for m in methods], [int(s) for s in data.get("seeds", [0])],
                  dict(data.get("common") or {}), {str(k): dict(v or {}) for k, v in (data.get("per_method") or {}).items()},
-                 bool(data.get("random_init", True)))
+                 bool(data.get("random_init", True)), {str(k): list(v) for k, v in grid.items()})
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values ({} for no grid)."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
 def suite_configs(suite: Suite, overrides: dict[str, Any]) -> list[RunConfig]:
-    cfgs = []
+    """methods x grid points x seeds: common < grid point < per-method settings < overrides (a method's
+    own constraints, e.g. MAE's ViT, win over the grid; the same config twice is kept once)."""
+    cfgs, seen = [], set()
     for m in suite.methods:
         get_method(m)  # fail early on an unknown name
-        for s in suite.seeds:
-            base = {"tracking.experiment": suite.name, **suite.common, **suite.per_method.get(m, {}), "method": m, "seed": s}
-            cfgs.append(resolve(overrides, base=base))
+        for point in grid_points(suite.grid):
+            for s in suite.seeds:
+                base = {"tracking.experiment": suite.name, **suite.common, **point, **suite.per_method.get(m, {}),
+                        "method": m, "seed": s}
+                cfg = resolve(overrides, base=base)
+                key = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+                if key not in seen:
+                    seen.add(key)
+                    cfgs.append(cfg)
     return cfgs
 
 

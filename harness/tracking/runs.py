@@ -167,6 +167,23 @@ class TrackedRun:
         return False
 
 
+def ended_killed(uri: str | None, run_id: str, why: str) -> bool:
+    """End a record a killed process left RUNNING as KILLED (tag ``error``: ``why``); a record that already
+    ended, or is gone, is left as it is. Best effort: returns whether it was ended."""
+    try:
+        cl, _ = client(uri)
+        if cl.get_run(run_id).info.status != "RUNNING":
+            return False
+        with protected():
+            from mlflow.entities import RunTag
+
+            cl.log_batch(run_id, tags=[RunTag("error", why[:400])])
+            cl.set_terminated(run_id, status="KILLED")
+        return True
+    except Exception:   # noqa: BLE001 - MlflowException (no such run), an unreachable store: nothing to end
+        return False
+
+
 def log_files_run(experiment: str, run_name: str, files: list[Path], uri: str | None = None,
                   tags: dict[str, str] | None = None, kind: str = LEADERBOARD_KIND) -> tuple[str | None, dict[str, str]]:
     """A run of ``experiment`` that holds only ``files`` (e.g. a leaderboard export), tagged

@@ -80,10 +80,11 @@ def method_config_params(method: Method) -> dict[str, Any]:
 
 
 def trajectory_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Config keys that change a run's trajectory and differ (devices, progress bars, evaluation
-    and tracking may change between attempts; method, data, budget, optimiser, seed may not)."""
+    """Config keys that change a run's trajectory and differ (devices, progress bars, evaluation,
+    tracking and whether the data is streamed from disk or held in memory may change between
+    attempts; method, data, budget, optimiser, seed may not)."""
     a, b = flatten(from_dict(saved)), flatten(from_dict(current))
-    mutable = ("train.", "eval.", "tracking.", "out_dir")
+    mutable = ("train.", "eval.", "tracking.", "out_dir", "data.memory_cap_mb", "data.workers")
     return [f"{k}={a.get(k)!r}->{b.get(k)!r}" for k in sorted(set(a) | set(b))
             if not k.startswith(mutable) and a.get(k) != b.get(k)]
 

@@ -8,6 +8,7 @@ a checkpoint at step s therefore continues exactly as the uninterrupted run woul
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from harness.core.device import bf16_supported, hardware, resolve_device, resolv
 from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.core.schedules import warmup_cosine
 from harness.data.dataset import ImageDataset, batch_indices
+from harness.data.store import is_streamed, iter_batches
 from harness.method.contract import Batch, StepInfo
 from harness.models.backbones import is_convnet
 from harness.models.conv_wgrad import GemmWgradConv2d
@@ -100,6 +102,7 @@ class Trainer:
         self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
         self._pending: list[tuple[dict[str, float], int]] = []
         self._restored: bool | None = None
+        self._batches = None       # the training batches of a fit in progress (closed when it ends)
 
     # ------------------------------------------------------------------ state
     def state_dict(self, finished: bool) -> dict[str, Any]:
@@ -193,11 +196,19 @@ class Trainer:
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
         """Train until the budget is spent (or, for tests and preemption drills, until step ``stop_after``)."""
+        try:
+            return self._fit(resume, stop_after)
+        finally:
+            if self._batches is not None:     # stops a streamed folder's decoding workers
+                self._batches.close()
+                self._batches = None
+
+    def _fit(self, resume: bool, stop_after: int | None) -> TrainResult:
         if resume:
             self.restore()
         cfg = self.cfg
-        x_all = self.ds.x_train
-        if self.device.type == "cuda":
+        x_all = self.ds.x_train        # an image store: a tensor in memory, or a folder streamed from disk
+        if self.device.type == "cuda" and not is_streamed(x_all):
             x_all = x_all.to(self.device)
         n = len(x_all)
         bs_local = cfg.optim.batch_size // self.world
@@ -215,6 +226,15 @@ class Trainer:
             self._prepare_pass(x_all, amp)
         next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
         last_log = (self.elapsed, self.step)   # img/s per interval of training time, as pretrain/throughput
+        spe = steps_per_epoch(n, cfg.optim.batch_size, cfg.train.max_steps_per_epoch)
+
+        def step_indices(step: int) -> torch.Tensor:   # the batch of step `step`: a pure function of the step
+            epoch, i = divmod(step, spe)
+            return batch_indices(n, cfg.optim.batch_size, epoch * max(1, n // cfg.optim.batch_size) + i, cfg.seed)
+
+        # batches of steps s, s+1, ... in order (a streamed folder's workers decode ahead of the loop)
+        self._batches = iter_batches(x_all, map(step_indices, itertools.count(self.step)),
+                                     pin_memory=self.device.type == "cuda")
         while self.progress() < 1.0 and (stop_after is None or self.step < stop_after):
             t0 = time.perf_counter()
             p = self.progress()
@@ -227,10 +247,8 @@ class Trainer:
             # (augmenting is ~0.4% of a step); torch's global RNG (dropout, drop-path) stays per process
             torch.manual_seed(_step_seed(cfg.seed, self.step, rank))
             gen = torch.Generator(device=self.device).manual_seed(_step_seed(cfg.seed, self.step, 0))
-            spe = steps_per_epoch(n, cfg.optim.batch_size, cfg.train.max_steps_per_epoch)
-            epoch, i = divmod(self.step, spe)
-            idx = batch_indices(n, cfg.optim.batch_size, epoch * max(1, n // cfg.optim.batch_size) + i, cfg.seed)
-            x = x_all[idx].to(self.device, non_blocking=True)
+            idx, x = next(self._batches)
+            x = x.to(self.device, non_blocking=True)
             views = self.recipe(x, gen, self.ds.mean, self.ds.std)
             if self.world > 1:
                 lo, hi = rank * bs_local, (rank + 1) * bs_local
@@ -268,6 +286,8 @@ class Trainer:
             self.step += 1
             dt = time.perf_counter() - t0
             self.elapsed += dt
+            if self.world > 1 and cfg.budget.kind == "seconds":   # one clock for every rank: all stop at one step
+                self.elapsed = float(dist.all_reduce_max(torch.tensor([self.elapsed], dtype=torch.float64, device=self.device))[0])
             self.last_loss = float(global_loss)
             due = self.step % log_every == 0 if log_every else self.progress() >= next_mark
             if due or self.step == 1 or self.progress() >= 1.0:     # the curve always ends at the last step
@@ -298,7 +318,7 @@ class Trainer:
                            self.channels_last, self.recipe.notes())
 
     @torch.no_grad()
-    def _prepare_pass(self, x_all: torch.Tensor, amp) -> None:
+    def _prepare_pass(self, x_all, amp) -> None:
         """One pass over the training set, in index order, before the first step (the method's
         ``prepare_batch``; e.g. InstDisc's bank of real features). Views come from a generator
         seeded by the run's seed alone. Under DDP every process runs the whole pass on the same
@@ -308,9 +328,9 @@ class Trainer:
         t0 = time.perf_counter()
         n, bs = len(x_all), self.cfg.optim.batch_size
         gen = torch.Generator(device=self.device).manual_seed(_step_seed(self.cfg.seed, 2**40, 0))
-        for lo in range(0, n, bs):
-            idx = torch.arange(lo, min(lo + bs, n))
-            views = self.recipe(x_all[idx].to(self.device), gen, self.ds.mean, self.ds.std, keep_source=True)
+        order = (torch.arange(lo, min(lo + bs, n)) for lo in range(0, n, bs))
+        for idx, x in iter_batches(x_all, order, pin_memory=self.device.type == "cuda"):
+            views = self.recipe(x.to(self.device), gen, self.ds.mean, self.ds.std, keep_source=True)
             if self.channels_last:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
             with amp:
