@@ -93,14 +93,23 @@ def recorded(run: TrackedRun | None):
         yield run
     except KeyboardInterrupt:
         if run is not None:
-            run.set_tags({"error": "interrupted (Ctrl-C or SIGTERM)"})
-            run.end("KILLED")
+            _end(run, "KILLED", "interrupted (Ctrl-C or SIGTERM)")
         raise
     except BaseException as e:
         if run is not None:
             reason = str(e) if isinstance(e, (SSLBenchError, TrainingDiverged)) else f"{type(e).__name__}: {e}"
-            try:
-                run.set_tags({"error": reason[:400]})
-            finally:
-                run.end("FAILED")
+            _end(run, "FAILED", reason)
         raise
+
+
+def _end(run: TrackedRun, status: str, reason: str) -> None:
+    """End the record with its reason; a store that cannot be reached then (the reason itself, often)
+    leaves the record as it is and never hides the error that ended the run."""
+    try:
+        run.set_tags({"error": reason[:400]})
+    except Exception:   # noqa: BLE001 - the store is gone: the original error is what the user must see
+        pass
+    try:
+        run.end(status)
+    except Exception:   # noqa: BLE001
+        pass

@@ -29,11 +29,14 @@ from harness.run.naming import dataset_label, log, read_state, run_dir, run_name
 from harness.run.plugins import get_method
 from harness.tracking.curves import LOSS_CURVE, loss_curve
 from harness.tracking.query import checkpoint_of
-from harness.tracking.runs import TrackedRun, one_line, recorded_params
+from harness.tracking.runs import MetricBuffer, TrackedRun, one_line, recorded_params, relog_unlogged
 from harness.tracking.store import client
 from harness.train.build import file_sha256, trajectory_diff
 from harness.train.config import RunConfig, to_dict
 from harness.train.trainer import Trainer
+
+
+UNLOGGED = "unlogged_metrics.jsonl"   # metric points kept while the tracking store was away
 
 
 def pretrain(cfg: RunConfig, resume: bool = False, evaluate: bool = True, dataset: ImageDataset | None = None) -> dict[str, Any]:
@@ -129,7 +132,15 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
                          tags=run_tags(cfg, device.type, ds) if not state.get("run_id") else None)
         run.set_tags({"sslbench.config_id": config_id, "sslbench.identity": identity,
                       "checkpoint": str((folder / "checkpoint.pt").resolve())})
-        trainer.log_fn = run.log_metrics
+        unlogged = folder / UNLOGGED
+        if resume:   # what an attempt kept while the store was away arrives before anything new
+            n = relog_unlogged(run, unlogged)
+            if n:
+                log(f"{name}: logged the {n} metric points the last attempt kept while the store was away")
+        else:
+            unlogged.unlink(missing_ok=True)
+        buffer = MetricBuffer(run, unlogged)
+        trainer.log_fn = buffer
         state = {"run_id": run.run_id, "config": to_dict(cfg), "evaluated": False, "data_fingerprint": fingerprint}
         write_json_atomic(state_path, state)
         (folder / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -137,6 +148,7 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
         result = trainer.fit(resume=resume)
         if not is_main:
             return {}
+        buffer.flush(result.checkpoint)   # the store gone since mid-run: one line, the checkpoint is written
         run.log_metrics({"pretrain/throughput": result.throughput, "pretrain/seconds": result.seconds,
                          "pretrain/steps": result.steps, "pretrain/images": result.images,
                          "pretrain/final_loss": result.final_loss}, step=result.steps)

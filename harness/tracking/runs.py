@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.core.errors import SSLBenchError
 from harness.core.identity import param_text
 from harness.core.interrupts import protected
 from harness.tracking.keys import from_mlflow_key, to_mlflow_key
@@ -117,6 +119,16 @@ class TrackedRun:
             for i in range(0, len(items), 500):
                 self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
+    def log_points(self, points: list[tuple[dict[str, float], int]]) -> None:
+        """Many steps' metrics in as few requests as MLflow allows (1000 metrics per batch)."""
+        with protected():
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            items = [Metric(to_mlflow_key(k), float(v), ts, step) for metrics, step in points for k, v in metrics.items()]
+            for i in range(0, len(items), 1000):
+                self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
     def log_dict(self, obj: Any, name: str) -> None:
         with protected():
             self.client.log_dict(self.run_id, obj, name)
@@ -165,6 +177,84 @@ class TrackedRun:
             finally:
                 self.end("FAILED")
         return False
+
+
+class StoreGone(SSLBenchError):
+    """The tracking store went away during training and is still gone at its end."""
+
+
+class MetricBuffer:
+    """Training's metric log, robust to the store going away mid-run (a server restarted, a network
+    cut): a write that fails keeps its points, appended to ``path`` (JSON lines beside the checkpoint),
+    says so once, and training goes on; a later write (not sooner than ``retry_s`` after a failure)
+    sends everything kept first. :meth:`flush` at the end of training raises :class:`StoreGone` if the
+    store is still unreachable: the checkpoint is written by then, and ``--resume`` re-logs the file
+    (:func:`relog_unlogged`) before anything else, so every point arrives exactly once."""
+
+    def __init__(self, run: "TrackedRun", path: Path, retry_s: float = 60.0):
+        self.run, self.path, self.retry_s = run, Path(path), retry_s
+        self.pending: list[tuple[dict[str, float], int]] = []
+        self.failed_at: float | None = None
+        self.reason = ""
+
+    def __call__(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.pending.append((dict(metrics), int(step)))
+        if self.failed_at is not None:
+            self._spill([self.pending[-1]])
+            if time.time() - self.failed_at < self.retry_s:
+                return
+        try:
+            self._send()
+        except Exception as e:   # noqa: BLE001 - MLflow, HTTP and OS errors alike: kept, said once
+            if self.failed_at is None:
+                self._spill(self.pending)
+                print(f"sslbench: warning: the tracking store {self.run.uri} failed ({one_line(e)}); training goes "
+                      f"on, its metrics are kept in {self.path} and sent when the store answers again",
+                      file=sys.stderr, flush=True)
+            self.failed_at, self.reason = time.time(), one_line(e)
+
+    def _spill(self, points) -> None:
+        with open(self.path, "a") as f:
+            for metrics, step in points:
+                f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _send(self) -> None:
+        if self.pending:
+            self.run.log_points(self.pending)
+        self.pending = []
+        if self.failed_at is not None:
+            self.path.unlink(missing_ok=True)
+            print(f"sslbench: the tracking store {self.run.uri} answers again; the kept metrics were sent",
+                  file=sys.stderr, flush=True)
+        self.failed_at = None
+
+    def flush(self, checkpoint: Path) -> None:
+        try:
+            self._send()
+        except Exception as e:   # noqa: BLE001
+            raise StoreGone(f"the tracking store {self.run.uri} is unreachable ({one_line(e)}); training finished and "
+                            f"its checkpoint is intact ({checkpoint}), {len(self.pending)} metric points wait in "
+                            f"{self.path}: when the store is back, rerun the same command with --resume to log "
+                            "them and evaluate") from None
+
+
+def relog_unlogged(run: "TrackedRun", path: Path) -> int:
+    """Send the points an earlier attempt kept in ``path`` (see :class:`MetricBuffer`), then delete it."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    points = []
+    for line in path.read_text().splitlines():
+        try:
+            d = json.loads(line)
+            points.append((dict(d["metrics"]), int(d["step"])))
+        except (ValueError, KeyError, TypeError):
+            continue   # a line cut by a kill: its step is logged again by the resumed trainer
+    run.log_points(points)
+    path.unlink(missing_ok=True)
+    return len(points)
 
 
 def ended_killed(uri: str | None, run_id: str, why: str) -> bool:

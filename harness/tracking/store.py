@@ -32,6 +32,8 @@ ARTIFACT_DIR = "mlartifacts"
 def _mlflow():
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # a server that is gone is said within ~15 s (MLflow's default retries with backoff wait ~4 min per call)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     import logging
 
     import mlflow

@@ -64,6 +64,8 @@ def serve(uri: str | None, host: str, port: int, artifacts: str | None = None, w
     if workers < 1:
         raise SSLBenchError(f"--workers {workers} must be >= 1")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:   # another server there would answer /health
+        # as the server itself binds: a port in TIME_WAIT (a server just restarted) is free, a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as e:
