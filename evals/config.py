@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from evals.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
 from harness.core.config import between, choices, list_of_choices, positive
+from harness.core.schema import SALIENCY_METHODS, SALIENCY_THRESHOLDS
 
 
 @dataclass
@@ -31,6 +32,12 @@ class EvalConfig:
     semisup_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1],  # SimCLR v2 protocol's label fractions
                                            metadata={"min": 0, "max": 1, "strict": True})
     distill_temperature: float = positive(1.0)
+    # background robustness (evals.background): TEST masks from this saliency estimate, backgrounds swapped
+    # by a derangement of this seed (fixed: the same swapped test set for every run and seed)
+    bg_saliency: str = choices(*SALIENCY_METHODS, default="frequency_tuned")
+    bg_threshold: str = choices(*SALIENCY_THRESHOLDS, default="otsu")
+    bg_quantile: float = between(0.5, 0, 1, open_lo=True, open_hi=True)    # with bg_threshold=quantile
+    bg_seed: int = 0
 
 
 from evals.budgets import CPU_CLASS, FINETUNE_BUDGETS, finetune_budget  # noqa: E402,F401,I001  (re-exported)

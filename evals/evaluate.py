@@ -33,7 +33,7 @@ def check_fits(cfg: EvalConfig, dataset: ImageDataset) -> None:
 
 def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None = None, device: str | torch.device = "cpu",
              cache_dir: str | None = None, seed: int = 0, progress: bool = True, precision: str = "auto",
-             label_fractions: Sequence[float] = ()) -> dict[str, float | str]:
+             label_fractions: Sequence[float] = (), zero_shot=None) -> dict[str, float | str]:
     """Run ``cfg.protocols`` (names of :data:`evals.protocols.PROTOCOLS`) on ``encoder``.
 
     Linear probes are selected on a hold-out of TRAIN only; alignment/uniformity use TEST images
@@ -41,7 +41,8 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
     trained on stratified, seeded subsets of TRAIN. Timings go under ``eval/time/<protocol>``.
     ``cfg.features`` only names the cache entry: pass the module to score (e.g. backbone +
     projector for ``features="projector"``). ``cfg.au_pairs`` test images give the positive
-    pairs for ``align`` and all their distinct pairs for ``uniform``.
+    pairs for ``align`` and all their distinct pairs for ``uniform``. ``zero_shot`` is the method's
+    ``zero_shot_classifier`` hook (the ``zero_shot`` protocol; None: nothing to report).
     """
     cfg = cfg or EvalConfig()
     validate(cfg, prefix="eval.")
@@ -71,7 +72,8 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
         out.update(fn())
         out[f"eval/time/{name}"] = time.perf_counter() - t0
 
-    ctx = Context(encoder, dataset, cfg, device, prec, seed, progress, label_fractions, features, timed)
+    ctx = Context(encoder, dataset, cfg, device, prec, seed, progress, label_fractions, features, timed,
+                  zero_shot=zero_shot)
     for name, protocol in PROTOCOLS.items():
         if name in cfg.protocols:
             out.update(protocol.run(ctx))

@@ -241,11 +241,13 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
                  test_labels: torch.Tensor, num_classes: int | None = None, epochs: int = 30,
                  holdout_fraction: float = 0.1, lrs: Sequence[float] = LR_GRID, wds: Sequence[float] = WD_GRID,
                  batch_size: int = 1024, label_fraction: float = 1.0, seed: int = 0,
-                 precision: str = "auto", prefix: str = "linear") -> dict[str, float]:
+                 precision: str = "auto", prefix: str = "linear", fitted: dict | None = None) -> dict[str, float]:
     """Select (lr, wd) on TRAIN and refit on all of TRAIN (:func:`select_and_refit`), report test accuracy.
 
     Returns ``{prefix}/top1``, ``{prefix}/top5`` (percent), ``{prefix}/lr``, ``{prefix}/wd``.
     ``label_fraction < 1`` first restricts TRAIN to a stratified seeded subset (1%, 10% protocols).
+    ``fitted``, when given, receives the probe (``std``, ``w``, ``b``) for other protocols to score
+    other test images with (``evals.background``).
     """
     y = torch.as_tensor(train_labels).long()
     yt = torch.as_tensor(test_labels).long()
@@ -255,5 +257,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         sub = label_fraction_subset(y, label_fraction, seed)
         x, y = x[sub], y[sub]
     std, w, b, lr, wd, _ = select_and_refit(x, y, c, lrs, wds, holdout_fraction, epochs, batch_size, seed, precision)
+    if fitted is not None:
+        fitted.update(std=std, w=w, b=b)
     top1, top5 = topk_accuracy(torch.addmm(b, std(test_features), w), yt)
     return {f"{prefix}/top1": top1, f"{prefix}/top5": top5, f"{prefix}/lr": lr, f"{prefix}/wd": wd}

@@ -11,7 +11,7 @@ leaderboards read it); each ``run`` imports its protocol's module when it runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from evals.budgets import finetune_budget
@@ -42,6 +42,9 @@ class Context:
     label_fractions: tuple[float, ...]
     features: Callable[[str], Any]                 # split -> (N, D) float32 features (torch), extracted once
     timed: Callable[..., None]                     # timed(name, fn, splits): run fn, merge its dict, time it
+    shared: dict[str, Any] = field(default_factory=dict)   # what one protocol fits for another (the linear probe)
+    # the method's zero_shot_classifier hook (class names -> images-to-scores module, or None): zero_shot
+    zero_shot: Callable[[list[str]], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ def _linear(ctx: Context) -> dict[str, Any]:
         prefix = fraction_prefix("linear", frac)
         ctx.timed(prefix, lambda frac=frac, prefix=prefix: linear_probe(
             ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, ds.num_classes, c.linear_epochs,
-            c.holdout_fraction, label_fraction=frac, seed=ctx.seed, prefix=prefix))
+            c.holdout_fraction, label_fraction=frac, seed=ctx.seed, prefix=prefix,
+            fitted=ctx.shared.setdefault("linear_probe", {}) if frac >= 1 else None))   # reused by background
     return {"eval/linear_epochs": c.linear_epochs, "eval/holdout_fraction": c.holdout_fraction,
             "eval/linear_version": "2 (selection and refit heads in one pass)",
             "eval/linear_lr_grid": ",".join(map(str, LR_GRID)), "eval/linear_wd_grid": ",".join(map(str, WD_GRID))}
@@ -140,6 +144,35 @@ def _align_uniform(ctx: Context) -> dict[str, Any]:
     return {"eval/au_pairs": c.au_pairs, "eval/au_alpha": 2.0, "eval/au_t": 2.0}
 
 
+def _background(ctx: Context) -> dict[str, Any]:
+    from evals.background import background_eval
+
+    c, ds = ctx.cfg, ctx.dataset
+    ctx.timed("background", lambda: background_eval(
+        ctx.encoder, ds, ctx.features("train"), ctx.features("test"), c, probe=ctx.shared.get("linear_probe"),
+        seed=ctx.seed, device=ctx.device, precision=ctx.precision, progress=ctx.progress))
+    out = {"eval/bg_saliency": c.bg_saliency, "eval/bg_threshold": c.bg_threshold, "eval/bg_seed": c.bg_seed,
+           "eval/bg_swap": "derangement of the test set, fixed by eval.bg_seed", "eval/bg_probe": "linear",
+           "eval/linear_epochs": c.linear_epochs, "eval/holdout_fraction": c.holdout_fraction}
+    if c.bg_threshold == "quantile":
+        out["eval/bg_quantile"] = c.bg_quantile
+    return out
+
+
+def _zero_shot(ctx: Context) -> dict[str, Any]:
+    from evals.zero_shot import zero_shot_eval
+    from harness.data.captions import class_names
+
+    ds = ctx.dataset
+    names = class_names(ds)
+    clf = ctx.zero_shot(names) if ctx.zero_shot is not None else None
+    if clf is None:                  # a method without a text tower: no value, no error
+        return {}
+    ctx.timed("zero_shot", lambda: zero_shot_eval(clf, ds.x_test, ds.y_test, ds.mean, ds.std, ctx.cfg.batch_size,
+                                                  ctx.device, ctx.precision, ctx.progress), splits=())
+    return {"eval/zero_shot_class_names": "dataset" if names == list(ds.class_names) else "class indices"}
+
+
 # In the order the evaluator runs them (and the leaderboard shows their columns).
 _TABLE = [
     Protocol("knn", "weighted kNN on L2-normalised frozen features, T = 0.07, k in eval.knn_k (headline k = 20)", _knn,
@@ -156,6 +189,12 @@ _TABLE = [
     Protocol("align_uniform", "alignment and uniformity (Wang & Isola, 2020) on the test images", _align_uniform,
              (Column("align", "align", higher_is_better=False, digits=3),
               Column("uniform", "uniform", higher_is_better=False, digits=3)), default=True),
+    Protocol("background", "the linear probe on TEST images with backgrounds swapped between images (saliency masks, "
+             "fixed seeded derangement): accuracy drop from original to swapped (Ryali et al., 2021)", _background,
+             (Column("bg/drop", "bg drop", higher_is_better=False),)),
+    Protocol("zero_shot", "CLIP's zero-shot classification: class-name prompts through the method's text tower, "
+             "nearest prompt embedding in cosine (methods without a text tower: nothing)", _zero_shot,
+             (Column("zero_shot/top1", "zero-shot"),)),
 ]
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in _TABLE}
 DEFAULT_PROTOCOLS = [p.name for p in _TABLE if p.default]

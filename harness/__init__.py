@@ -50,6 +50,7 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
     "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
     "harness.models.hybrid": ("LayerNorm2d",),
+    "harness.models.text": ("BPETokenizer", "TextTransformer"),
     "harness.models.vit": ("final_norm", "input_tokens", "output_tokens", "run_blocks", "sincos_pos_embed_2d", "token_grid"),
 }
 
@@ -91,6 +92,8 @@ def __getattr__(name: str):
         from harness.models import heads as module
     elif where == "harness.models.hybrid":
         from harness.models import hybrid as module
+    elif where == "harness.models.text":
+        from harness.models import text as module
     elif where == "harness.models.vit":
         from harness.models import vit as module
     else:

@@ -4,6 +4,8 @@ from methods import (  # noqa: F401
     barlow_twins,
     beit,
     byol,
+    clip,
+    cmc,
     colorization,
     context_prediction,
     contrastive_objectives,

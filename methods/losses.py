@@ -464,3 +464,43 @@ def ibot_patch_loss(teacher_probs: torch.Tensor, student_logits: torch.Tensor, m
     ce = -(teacher_probs * F.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)   # (B, L)
     m = mask.float()
     return ((ce * m).sum(1) / m.sum(1).clamp(min=1.0)).mean()
+
+
+def cmc_loss(z: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """Contrastive Multiview Coding's full graph with in-batch negatives (Tian, Krishnan & Isola,
+    2019, eqs. 2-3 and Section 3.3): for views V_1..V_M of the same N images, with z_i the
+    L2-normalised features of view i (N, D) and s = cosine,
+
+        L(V_i, V_j) = 1/N sum_n -log( exp(s(z_i^n, z_j^n) / tau) / sum_k exp(s(z_i^n, z_j^k) / tau) )
+        L = sum_{i < j} [ L(V_i, V_j) + L(V_j, V_i) ]
+
+    (anchors from one view, candidates, the positive among them, from the other; both directions
+    of every pair: for M = 2, L = L(V_1, V_2) + L(V_2, V_1), the authors' ``l_loss + ab_loss``).
+    Pass gathered tensors under DDP."""
+    if len(z) < 2:
+        raise ValueError(f"cmc_loss needs at least 2 views, got {len(z)}")
+    total = z[0].new_zeros((), dtype=torch.float32)
+    for i in range(len(z)):
+        for j in range(i + 1, len(z)):
+            total = total + symmetric_info_nce(z[i], z[j], z[i], z[j], temperature)
+    return total
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+              max_logit_scale: float = 100.0) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss (Radford et al., 2021, Fig. 3), over N (image, text) pairs.
+
+    With I, T the (N, D) L2-normalised image and text embeddings (row i of each is one pair), the
+    learnable log-temperature t (``logit_scale``) and s = min(exp(t), max_logit_scale) (the paper
+    clips the logit scale at 100):
+
+        logits = s * I T^T,   L = ( CE(logits, [0..N-1]) + CE(logits^T, [0..N-1]) ) / 2
+
+    the mean of the image->text and text->image cross-entropies.
+    """
+    i = F.normalize(image.float(), dim=1)
+    t = F.normalize(text.float(), dim=1)
+    scale = logit_scale.float().exp().clamp(max=max_logit_scale)
+    logits = scale * i @ t.t()
+    target = torch.arange(len(i), device=i.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

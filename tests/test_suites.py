@@ -30,7 +30,7 @@ def test_all_method_suites_cover_every_registered_method():
 
     builtin = {n for n, e in methods().items() if e.source.startswith("methods.")}  # not ones tests register
     colour_only = {n for n in builtin if methods()[n].cls.requires.color}
-    assert colour_only == {"colorization"}
+    assert colour_only == {"colorization", "cmc"}
     assert set(_all_methods()) == builtin - colour_only          # 1-channel data: colour-only methods refuse it
     assert set(load_suite("cifar10_cpu").methods) == builtin
 

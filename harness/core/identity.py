@@ -51,6 +51,10 @@ def identity_fields(params: Mapping[str, Any]) -> dict[str, str]:
                                                      "train.conv_wgrad")}
     if "data.fingerprint" in p:
         p.pop("data.name", None)   # the contents decide, not the loader's name
+    if p.get("views.background", "none") == "none":
+        # views.* options are off (as for every record logged before they existed): their settings cannot
+        # change the result, so they stay out and the option's absence hashes as it always did
+        p = {k: v for k, v in p.items() if not k.startswith("views.")}
     return dict(sorted(p.items()))
 
 

@@ -31,6 +31,11 @@ class DataConfig:
     memory_cap_mb: float = positive(4096.0, allow_zero=True)
     workers: int | None = positive(None, allow_zero=True)   # processes decoding a streamed folder (0: in the
     #                                      main process); None = min(8, the CPUs this process may use)
+    # captions, for methods that learn from text (clip; harness.data.captions): a CSV or JSONL file of
+    # (image path or index, caption) rows, 'templated' (one caption per image from its class name:
+    # uses the labels, and the run is marked label-using), or None (no captions)
+    captions: str | None = None
+    caption_template: str | None = None  # templated mode: must hold '{class}'; None = 'a photo of a {class}.'
 
 
 BUDGET_KINDS = ("epochs", "steps", "samples", "seconds", "flops")
@@ -115,3 +120,31 @@ class TrackingConfig:
     log_checkpoint: bool = False         # also log the final checkpoint.pt as an artifact of the run (a copy in the store)
 
 
+
+
+# background augmentations (Ryali, Schwab & Morcos, 2021): the names harness.data.views and
+# harness.data.saliency implement; here so the config can check them (the one place they are listed)
+BACKGROUND_MODES = ("none", "random", "constant", "noise")
+BACKGROUND_VIEWS = ("all", "first", "second")
+SALIENCY_METHODS = ("frequency_tuned", "spectral_residual")
+SALIENCY_THRESHOLDS = ("otsu", "quantile")
+
+
+@dataclass
+class ViewsConfig:
+    """Options every method's view recipe carries (``views.*``), applied by ``harness.data.views``.
+
+    ``background``: replace the background of the source image (before the view's crop) with another
+    image's from the batch (``random``, the paper's BG_Random), the dataset's mean colour
+    (``constant``, BG_RM) or uniform noise (``noise``), per image with probability ``background_p``,
+    in the views ``background_views`` names (``all``: every view, each drawn independently). The
+    foreground mask is an unsupervised saliency estimate (``saliency``; ``harness.data.saliency``)
+    thresholded by Otsu or at a quantile. All of it is logged as ``views.*`` params: part of the
+    run's identity when ``background`` is not ``none``."""
+
+    background: str = choices(*BACKGROUND_MODES, default="none")
+    background_p: float = between(0.2, 0, 1)
+    background_views: str = choices(*BACKGROUND_VIEWS, default="all")
+    saliency: str = choices(*SALIENCY_METHODS, default="frequency_tuned")
+    saliency_threshold: str = choices(*SALIENCY_THRESHOLDS, default="otsu")
+    saliency_quantile: float = between(0.5, 0, 1, open_lo=True, open_hi=True)   # with saliency_threshold=quantile

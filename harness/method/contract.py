@@ -111,6 +111,7 @@ class Requirements:
     min_image_size: int = 0
     convnet: bool = False         # needs a convolutional backbone (a spatial feature map or conv patch embeddings), not a ViT
     backbone: str = ""            # needs this one backbone family by name (ConvMAE: "convvit"), when vit/convnet do not say it
+    captions: bool = False        # learns from captions (data.captions: a file, or templated from labels); refused without them
 
 
 class Method(nn.Module):
@@ -180,6 +181,17 @@ class Method(nn.Module):
 
     def attach_teacher(self, encoder: nn.Module, provenance: dict[str, str]) -> None:
         raise NotImplementedError(f"{type(self).__name__} names a teacher but cannot take one")
+
+    def attach_captions(self, captions: Any) -> None:
+        """The training split's captions (``harness.data.captions.Captions``), before the first step and
+        on every resume (they are data, not state), for a method whose ``requires.captions`` is True."""
+        raise NotImplementedError(f"{type(self).__name__} reads no captions")
+
+    def zero_shot_classifier(self, class_names: list[str]) -> nn.Module | None:
+        """For a method with a text tower: a module mapping normalised images (B, C, H, W) to class scores
+        (B, len(class_names)) from prompts of the class names alone (the ``zero_shot`` protocol, which
+        reports nothing for a method that returns None: the default)."""
+        return None
 
     def resolved_params(self) -> dict[str, Any]:
         """Facts resolved at build time that change the result and are not in the config (e.g. a

@@ -3,7 +3,9 @@
 Runs are grouped into separate tables by (dataset, budget, evaluation protocol), so runs
 with different budgets, protocols or datasets never share a column. Inside a table, one row
 per (method, backbone); each cell is ``mean ± half-width (n)``; a single-seed cell shows
-``(n=1)`` and no interval. Columns come from the protocol table (``evals.protocols``).
+``(n=1)`` and no interval. Columns come from the protocol table (``evals.protocols``). A row of runs
+that trained on class labels (tag ``sslbench.uses_labels``: the supervised baseline, CLIP on templated
+captions) is marked ``(labels)``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def budget_text(runs: pd.DataFrame) -> pd.Series:
     return pd.Series([one(k, v) for k, v in zip(runs["params.budget.kind"], runs["params.budget.value"])],
                      index=runs.index, dtype=object)
 
+
+LABELS_COLUMN = "tags.sslbench.uses_labels"   # set by harness.run.naming.run_tags on label-using runs
 
 PRETRAIN_COLUMNS = (Column("pretrain/throughput", "img/s", digits=0), Column("pretrain/seconds", "train s", digits=0))
 
@@ -156,6 +160,8 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
                 if len(teacher):                     # a distillation names its teacher (method/backbone)
                     tb = r["params.teacher.backbone"].dropna() if "params.teacher.backbone" in r else ()
                     label += f" <- {teacher.iloc[0]}" + (f"/{tb.iloc[0]}" if len(tb) else "")
+                if LABELS_COLUMN in r and (r[LABELS_COLUMN] == "true").any():
+                    label += " (labels)"         # trained on class labels: the supervised baseline, templated captions
                 row = {"method": label, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique()))),
                        "config": cid}
                 for metric in (c.metric for c in columns()):

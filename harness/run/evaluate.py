@@ -37,13 +37,15 @@ def eval_params(cfg: RunConfig) -> dict[str, Any]:
 
 
 def evaluate_encoder(encoder: torch.nn.Module, ds: ImageDataset, cfg: RunConfig, device: torch.device,
-                     projector: torch.nn.Module | None = None) -> dict[str, float]:
-    """Score ``encoder`` (or what ``eval.features`` reads from it, or ``projector``) with the shared evaluator."""
+                     projector: torch.nn.Module | None = None, zero_shot=None) -> dict[str, float]:
+    """Score ``encoder`` (or what ``eval.features`` reads from it, or ``projector``) with the shared evaluator;
+    ``zero_shot`` is the method's ``zero_shot_classifier`` hook (the ``zero_shot`` protocol)."""
     cache = Path(cfg.out_dir) / "feature-cache"
     module = scored_encoder(encoder, projector, cfg.eval.features)
     steps, bs = finetune_budget(cfg.eval, cfg.budget.kind, cfg.budget.value)   # the pretraining budget's class
     ecfg = dataclasses.replace(cfg.eval, finetune_steps=steps, finetune_batch_size=bs)
-    return evaluate(module, ds, ecfg, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress)
+    return evaluate(module, ds, ecfg, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress,
+                    zero_shot=zero_shot)
 
 
 def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None:
@@ -106,7 +108,7 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
     # the record beside the checkpoint, unless the user sends this evaluation to another experiment
     run_id = _recorded_run_id(p.parent / "run.json") if cfg.tracking.experiment == tcfg.tracking.experiment else None
     encoder = method.encoder().to(device)
-    metrics = evaluate_encoder(encoder, ds, cfg, device, method.projector())
+    metrics = evaluate_encoder(encoder, ds, cfg, device, method.projector(), zero_shot=method.zero_shot_classifier)
     params = {**flatten(cfg), "data.fingerprint": ds.fingerprint(),
               **method_config_params(method)}
     knobs = {k: v for k, v in metrics.items() if k.startswith("eval/") and not k.startswith("eval/time/")

@@ -64,6 +64,8 @@ def needs(cls: type) -> str:
         parts.append("colour")
     if r.min_image_size:
         parts.append(f">={r.min_image_size} px")
+    if getattr(r, "captions", False):
+        parts.append("captions")
     if getattr(cls, "uses_labels", False):
         parts.append("labels")
     return "; ".join(parts) or "any"
@@ -82,6 +84,8 @@ def _needs_long(cls: type) -> list[str]:
         bb = "any backbone (convnet or ViT)"
     out = [bb, "colour images (3 channels): grayscale datasets are refused" if r.color else "1- or 3-channel images",
            f"images of at least {r.min_image_size} px" if r.min_image_size else "any image size"]
+    if getattr(r, "captions", False):
+        out.append("captions (data.captions: a CSV/JSONL file, or templated from the class labels: then label-using)")
     if getattr(cls, "uses_labels", False):
         out.append("class labels (a baseline, not self-supervised)")
     return out
@@ -174,7 +178,10 @@ def _presets_block(name: str, indent: str) -> list[str]:
             vw = max(len(s) for s in cells)
             for c, cell in zip(changed, cells):
                 note = f"   ({c.note})" if c.note else ""
-                lines.append(f"{indent}  {c.key.ljust(kw)}  {cell.ljust(vw)}{note}".rstrip())
+                line = f"{indent}  {c.key.ljust(kw)}  {cell.ljust(vw)}{note}".rstrip()
+                if len(line) > WIDTH and note:     # a long value (a list): the note goes on a line of its own
+                    line = f"{indent}  {c.key.ljust(kw)}  {cell}\n{indent}  {' ' * kw}  {note.strip()}"
+                lines += line.split("\n")
         if same:
             text = "already the default: " + ", ".join(f"{c.key} = {format_value(c.value)}" for c in same)
             lines += textwrap.wrap(text, WIDTH, initial_indent=indent + "  ", subsequent_indent=indent + "    ")
@@ -244,7 +251,7 @@ def methods_table(verbose: bool = False, width: int = WIDTH) -> str:
                 out += _presets_block(entry.name, INDENT)
     foot = (f"{len(rows) - 1} methods and the random-init rows. needs: ViT / convnet / convvit = the only backbones it "
             "takes (else any), colour = 3-channel images, >=N px = the smallest image size, labels = it trains on class "
-            "labels. 'sslbench methods -v': each method's paper defaults and what each preset overrides of them; "
+            "labels, captions = it learns from captions (data.captions). 'sslbench methods -v': each method's paper defaults and what each preset overrides of them; "
             "'sslbench methods NAME': one method's card.")
     return "\n".join(out + [""] + textwrap.wrap(foot, width))
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from harness.core.config import flatten
 from harness.core.errors import SSLBenchError
 from harness.core.identity import identity
+from harness.data.captions import uses_labels as captions_use_labels
+from harness.method.registry import METHODS
 from harness.tracking.provenance import environment_tags
 from harness.train.config import RunConfig
 
@@ -35,12 +37,27 @@ def run_dir(cfg: RunConfig, dataset=None) -> Path:
     return Path(cfg.out_dir) / cfg.tracking.experiment / run_name(cfg, dataset)
 
 
+LABELS_TAG = "sslbench.uses_labels"   # "true" on runs that train on class labels (leaderboards mark their rows)
+
+
+def uses_labels(cfg: RunConfig) -> bool:
+    """Whether a run trains on class labels, resolved per run: its method reads them (the supervised
+    baseline), or its captions are templated from them (``data.captions=templated``)."""
+    if cfg.method not in METHODS:    # random_init trains nothing
+        return False
+    cls = METHODS.get(cfg.method).cls
+    return bool(getattr(cls, "uses_labels", False)) or \
+        bool(getattr(cls.requires, "captions", False)) and captions_use_labels(cfg.data)
+
+
 def run_tags(cfg: RunConfig, device: str, dataset=None) -> dict[str, str]:
     tags = environment_tags(device)
     argv = [os.path.basename(sys.argv[0]) if i == 0 else a for i, a in enumerate(sys.argv)]
     tags["command"] = "sslbench " + " ".join(shlex.quote(a) for a in argv[1:]) if argv else ""
     tags.update({"method": cfg.method, "backbone": cfg.backbone, "dataset": dataset_label(cfg, dataset),
                  "budget": cfg.budget.text, "seed": str(cfg.seed)})
+    if uses_labels(cfg):
+        tags[LABELS_TAG] = "true"
     return tags
 
 

@@ -163,7 +163,8 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
             log(f"{cfg.method}: {note}")
         metrics: dict[str, float] = {}
         if evaluate:
-            metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device, trainer.method.projector())
+            metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device, trainer.method.projector(),
+                                       zero_shot=trainer.method.zero_shot_classifier)
             log_eval(run, metrics, cfg)
         run.end("FINISHED")
     state.update({"evaluated": evaluate, "checkpoint": str(result.checkpoint), "metrics": metrics})

@@ -14,7 +14,7 @@ from typing import Any
 from evals.config import EvalConfig
 from harness.core.config import CONFIG_DIR, apply_dict, load_yaml
 from harness.core.errors import ConfigError, did_you_mean
-from harness.core.schema import BudgetConfig, DataConfig, OptimConfig, TrackingConfig, TrainConfig
+from harness.core.schema import BudgetConfig, DataConfig, OptimConfig, TrackingConfig, TrainConfig, ViewsConfig
 
 
 @dataclass
@@ -30,6 +30,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)   # options for every method's views (background)
     method_cfg: dict[str, Any] = field(default_factory=dict)  # the method's own Config keys
 
 

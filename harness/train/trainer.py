@@ -24,6 +24,7 @@ from harness.core import distributed as dist
 from harness.core.device import bf16_supported, hardware, resolve_device, resolve_precision
 from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.core.schedules import warmup_cosine
+from harness.data.captions import captions_for
 from harness.data.dataset import ImageDataset, batch_indices
 from harness.data.store import is_streamed, iter_batches
 from harness.method.contract import Batch, StepInfo
@@ -79,7 +80,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.method = build_method(cfg, self.info).to(self.device)
         self.uses_labels = type(self.method).uses_labels
-        self.recipe = self.method.view_recipe(self.info)
+        captions = captions_for(cfg.method, type(self.method).requires.captions, cfg.data, dataset)
+        if captions is not None:                 # data (re-read on resume); the tokenizer is the method's state
+            self.method.attach_captions(captions)
+        self.recipe = self.method.view_recipe(self.info).with_background(cfg.views)   # views.* options
         self.recipe.check(self.info.channels, self.info.image_size, cfg.method)
         self.channels_last = prepare_for_training(self.method, is_convnet(self.method.backbone), self.device,
                                                   self.precision, cfg.train.channels_last, cfg.train.conv_wgrad)
