@@ -52,5 +52,5 @@ def test_every_committed_table_has_its_command():
     suites = {c.split()[1] for c in cmds if c.startswith("run ")}
     for folder in (ROOT / "results" / "reference").iterdir():
         name = folder.name.replace("fashion_mnist_pretext", "fashion_mnist_all").replace("fashion_mnist_mim", "fashion_mnist_all")
-        name = name.replace("cifar10_cpu_pretext", "cifar10_cpu")
+        name = name.replace("cifar10_cpu_pretext", "cifar10_cpu").replace("cifar10_multimodal", "cifar10_cpu")
         assert name in suites, f"results/reference/{folder.name} has no command in the README"

@@ -267,3 +267,20 @@ def test_curves_are_dense_enough_to_plot_for_every_budget_kind(env):
             assert [s for s, _ in loss] == list(range(1, 31))                # 30 steps: every one
         else:
             assert len(loss) >= min(n, CURVE_POINTS) * 0.9 and len(loss) >= 2, (len(loss), n)   # every step when few
+
+
+def test_a_random_init_floor_is_one_row_whatever_the_captions_and_zero_shot_knobs():
+    """Captions are read by training only, and the zero-shot class names follow from the dataset: a
+    suite with clip (templated captions) and cmc gets one random-init row, in the same table as both."""
+    import pandas as pd
+
+    from harness.core.identity import identity
+    from harness.report.leaderboard import _protocol_key
+
+    floor = {"method": "random_init", "backbone": "cnn4", "seed": "0", "data.name": "cifar10", "data.image_size": "None"}
+    assert identity(floor) == identity({**floor, "data.captions": "templated", "data.caption_template": "x {class}"})
+    trained = {"method": "clip", "backbone": "cnn4", "seed": "0", "data.name": "cifar10"}
+    assert identity(trained) != identity({**trained, "data.captions": "templated"})   # training reads them
+    row = {"params.eval/protocols": "knn,zero_shot", "params.eval/knn_k": "[20]"}
+    assert _protocol_key(pd.Series(row)) == _protocol_key(pd.Series({**row, "params.eval/zero_shot_class_names": "dataset"}))
+    assert _protocol_key(pd.Series(row)) != _protocol_key(pd.Series({**row, "params.eval/knn_k": "[10]"}))

@@ -26,6 +26,7 @@ import json
 from typing import Any, Mapping
 
 RANDOM_INIT_KEYS = ("method", "backbone", "seed")   # plus data.*: a random-init encoder trains nothing
+TRAINING_ONLY_DATA = ("data.captions", "data.caption_template")   # what only training reads: not a random init's
 NOT_RESULT = ("tracking.", "out_dir", "preset", "train.progress", "train.checkpoint_every_", "train.threads",
               "data.data_dir", "data.label", "data.memory_cap_mb", "data.workers", "eval.", "eval/")
 
@@ -40,7 +41,8 @@ def identity_fields(params: Mapping[str, Any]) -> dict[str, str]:
     """The params that change a run's result (values as text)."""
     p = {k: param_text(v) for k, v in params.items() if v is not None and not str(k).startswith(NOT_RESULT)}
     if p.get("method") == "random_init":
-        return {k: v for k, v in p.items() if k in RANDOM_INIT_KEYS or k.startswith("data.")}
+        return {k: v for k, v in p.items()
+                if k in RANDOM_INIT_KEYS or (k.startswith("data.") and not k.startswith(TRAINING_ONLY_DATA))}
     if any(k.startswith("method_config.") for k in p):
         p = {k: v for k, v in p.items() if not k.startswith("method_cfg.")}       # the full config subsumes overrides
     if any(k.startswith("optim.effective.") for k in p):

@@ -59,12 +59,17 @@ def ci95(values) -> tuple[float, float, int]:
     return float(v.mean()), half, n
 
 
+# not protocol settings: the seed; the zero-shot class names, which follow from the dataset (a table key
+# already) and are logged only by methods with a text tower, so they must not split a table from its floor
+DERIVED_KNOBS = ("params.eval/seed", "params.eval/zero_shot_class_names")
+
+
 def _protocol_key(row: pd.Series) -> str:
     """A short hash of the evaluation knobs the evaluator logged for this run (``eval/...`` params:
     the protocols run and their settings; not the seed), so runs scored differently never share
     a column, while config keys of protocols that did not run do not split tables."""
     knobs = sorted((k, str(v)) for k, v in row.items()
-                   if k.startswith("params.eval/") and k != "params.eval/seed" and isinstance(v, str))
+                   if k.startswith("params.eval/") and k not in DERIVED_KNOBS and isinstance(v, str))
     return hashlib.sha1(repr(knobs).encode()).hexdigest()[:8]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.core.config import load_yaml
 from harness.core.errors import ConfigError, TrainingDiverged
+from harness.core.identity import TRAINING_ONLY_DATA
 from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
 from harness.run.evaluate import random_init
@@ -96,7 +97,8 @@ def run_suite(spec: str | dict[str, Any], overrides: dict[str, Any], resume: boo
     if suite.random_init:
         done = set()
         for cfg in cfgs:
-            key = (cfg.backbone, cfg.seed, json.dumps(dataclasses.asdict(cfg.data), sort_keys=True))
+            data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if f"data.{k}" not in TRAINING_ONLY_DATA}
+            key = (cfg.backbone, cfg.seed, json.dumps(data, sort_keys=True))   # captions: training's, not the floor's
             if key in done:
                 continue
             done.add(key)
