@@ -179,9 +179,12 @@ def select_and_fit(encoder: nn.Module, x_train, y_train: torch.Tensor, num_class
 
     def announce(sec_per_step: float) -> None:
         fits = len(lrs) + 1
-        print(f"sslbench: {prefix}: {fits} fits (LRs {', '.join(f'{lr:g}' for lr in lrs)} on a TRAIN hold-out, then "
-              f"the refit) x {steps} steps of {min(batch_size, len(xs))}: ~{fits * steps * sec_per_step / 60:.1f} min "
-              f"expected here (eval.finetune=full: 300 x 256 per fit)", file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        # tqdm.write: its own line above a progress bar that is being drawn (print would append to the bar's line)
+        tqdm.write(f"sslbench: {prefix}: {fits} fits (LRs {', '.join(f'{lr:g}' for lr in lrs)} on a TRAIN hold-out, "
+                   f"then the refit) x {steps} steps of {min(batch_size, len(xs))}: ~{fits * steps * sec_per_step / 60:.1f} "
+                   f"min expected here (eval.finetune=full: 300 x 256 per fit)", file=sys.stderr)
 
     for i, lr in enumerate(lrs):
         m = train_classifier(encoder, take(xs, fit), ys[fit], num_classes, mean, std, lr, steps, batch_size, seed, device,

@@ -457,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                cmd_sweep: "rerun the same 'sslbench sweep' command: finished runs are skipped, interrupted ones "
                           "resume from their checkpoints"}.get(
                    args.fn, "nothing was left half-written")
-        print(f"sslbench: interrupted; {how}", file=sys.stderr)
+        lead = "\n" if sys.stderr.isatty() else ""   # a progress bar may be mid-line on a terminal
+        print(f"{lead}sslbench: interrupted; {how}", file=sys.stderr)
         return 130
     except OSError as e:
         if e.errno not in FILESYSTEM_ERRORS:

@@ -35,7 +35,6 @@ from harness.train.build import file_sha256, trajectory_diff
 from harness.train.config import RunConfig, to_dict
 from harness.train.trainer import Trainer
 
-
 UNLOGGED = "unlogged_metrics.jsonl"   # metric points kept while the tracking store was away
 
 
