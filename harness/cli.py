@@ -105,14 +105,7 @@ def cmd_run(args) -> int:
     from harness.run.suites import load_suite, run_suite, suite_configs
 
     overrides = parse_overrides(args.overrides)
-    suite_spec = args.suite
-    if args.seeds or args.methods:
-        spec = dict(load_suite(args.suite).__dict__)
-        if args.seeds:
-            spec["seeds"] = _seed_list(args.seeds)
-        if args.methods:
-            spec["methods"] = _method_list(args.methods)
-        suite_spec = spec
+    suite_spec = _suite_spec(args)
     run_suite(suite_spec, overrides, resume=args.resume)
     # the experiments the runs were logged to (the suite's name unless the suite or an override set another)
     names = dict.fromkeys(c.tracking.experiment for c in suite_configs(load_suite(suite_spec), overrides))
@@ -165,14 +158,10 @@ def cmd_compare(args) -> int:
 
 def cmd_check(args) -> int:
     from harness.report import check
-    from harness.run.suites import load_suite, run_suite
+    from harness.run.suites import run_suite
 
     overrides = parse_overrides(args.overrides)
-    suite = dict(load_suite(args.suite).__dict__)
-    if args.seeds:
-        suite["seeds"] = _seed_list(args.seeds)
-    if args.methods:
-        suite["methods"] = _method_list(args.methods)
+    suite = _suite_spec(args)
     baseline_path = Path(args.baseline) if args.baseline else check.default_baseline()
     baseline = None if args.update_baseline else check.load_baseline(baseline_path)  # before any training
     if args.update_baseline:

@@ -51,6 +51,10 @@ def test_grid_and_per_method_settings(tmp_path):
     pairs = {(s.config["method"], s.config["backbone"]) for s in specs if s.kind == "pretrain"}
     # a method's own constraint wins over the grid, and the duplicate it makes is kept once
     assert pairs == {("simclr", "cnn4"), ("simclr", "resnet18_cifar"), ("mae", "vit_mini_p4")}
+    # two folders of one loader are two datasets: neither the runs nor their floors collapse into one
+    two = sweep.sweep_specs({**SUITE, "methods": ["simclr"], "seeds": [0],
+                             "common": {**TINY, "data.name": "npz"}, "grid": {"data.data_dir": ["/a.npz", "/b.npz"]}}, {})
+    assert [s.kind for s in two].count("pretrain") == 2 and [s.kind for s in two].count("random_init") == 2
     with pytest.raises(ConfigError, match="grid"):
         load_suite({**SUITE, "grid": {"backbone": []}})
     with pytest.raises(ConfigError, match="KEY=V1"):

@@ -168,14 +168,12 @@ def _random_init(cfg: RunConfig, encoder: torch.nn.Module, ds: ImageDataset, nam
                  resume: bool) -> dict[str, Any]:
     state_path = folder / "run.json"
     fingerprint = ds.fingerprint()
-    if resume and state_path.exists():
-        state = read_state(state_path)
-        if state.get("evaluated") and state.get("config") == to_dict(cfg) and \
-                state.get("data_fingerprint", fingerprint) == fingerprint:
-            log(f"{name}: already evaluated (run {state['run_id']}); skipping")
-            return state
-    params = {**flatten(cfg), "data.fingerprint": fingerprint}
     before = read_state(state_path) if resume else {}
+    if before.get("evaluated") and before.get("config") == to_dict(cfg) and \
+            before.get("data_fingerprint", fingerprint) == fingerprint:
+        log(f"{name}: already evaluated (run {before['run_id']}); skipping")
+        return before
+    params = {**flatten(cfg), "data.fingerprint": fingerprint}
     run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, params=params, tags=run_tags(cfg, device.type, ds))
     if before.get("run_id") and not before.get("evaluated"):
         # an earlier attempt was killed mid-evaluation (SIGKILL leaves its record RUNNING): it ends KILLED,

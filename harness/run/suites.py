@@ -8,11 +8,12 @@ import json
 import time
 from typing import Any
 
-from harness.core.config import load_yaml
+from harness.core.config import flatten, load_yaml
 from harness.core.errors import ConfigError, TrainingDiverged
-from harness.core.identity import TRAINING_ONLY_DATA
+from harness.core.identity import identity
 from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
+from harness.method.registry import RANDOM_INIT
 from harness.run.evaluate import random_init
 from harness.run.naming import log, run_name
 from harness.run.plugins import get_method
@@ -47,6 +48,17 @@ def load_suite(spec: str | dict[str, Any]) -> Suite:
     return Suite(str(data.get("name", "suite")), [str(m) for m in methods], [int(s) for s in data.get("seeds", [0])],
                  dict(data.get("common") or {}), {str(k): dict(v or {}) for k, v in (data.get("per_method") or {}).items()},
                  bool(data.get("random_init", True)), {str(k): list(v) for k, v in grid.items()})
+
+
+def run_key(cfg: RunConfig, floor: bool = False) -> str:
+    """12 hex digits naming one run before its data is read: its identity (``harness.core.identity``:
+    what changes its result, seed included; for ``floor``, the random-init row of its backbone, which
+    no training knob or caption changes) plus where the data lives (the contents are fingerprinted
+    only once loaded, so two folders are two runs here)."""
+    params = {**flatten(cfg), "data.location": cfg.data.data_dir or ""}
+    if floor:
+        params["method"] = RANDOM_INIT
+    return identity(params)[1][:12]
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -97,8 +109,7 @@ def run_suite(spec: str | dict[str, Any], overrides: dict[str, Any], resume: boo
     if suite.random_init:
         done = set()
         for cfg in cfgs:
-            data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if f"data.{k}" not in TRAINING_ONLY_DATA}
-            key = (cfg.backbone, cfg.seed, json.dumps(data, sort_keys=True))   # captions: training's, not the floor's
+            key = run_key(cfg, floor=True)
             if key in done:
                 continue
             done.add(key)

@@ -35,12 +35,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness.core.config import flatten
 from harness.core.errors import ConfigError, SSLBenchError, TrainingDiverged
-from harness.core.identity import identity
 from harness.method.registry import RANDOM_INIT
 from harness.run.naming import log, read_state, run_dir, write_json_atomic
-from harness.run.suites import load_suite, suite_configs
+from harness.run.suites import load_suite, run_key, suite_configs
 from harness.train.config import RunConfig, from_dict, to_dict
 
 EXECUTORS = ("inprocess", "local", "slurm")
@@ -69,10 +67,7 @@ class RunSpec:
 
 
 def spec_id(cfg: RunConfig, kind: str) -> str:
-    params = flatten(cfg)
-    if kind == RANDOM:
-        params["method"] = RANDOM_INIT
-    return identity(params)[1][:12]
+    return run_key(cfg, floor=kind == RANDOM)
 
 
 def _random_init_cfg(cfg: RunConfig) -> RunConfig:
