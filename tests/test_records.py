@@ -284,3 +284,12 @@ def test_a_random_init_floor_is_one_row_whatever_the_captions_and_zero_shot_knob
     row = {"params.eval/protocols": "knn,zero_shot", "params.eval/knn_k": "[20]"}
     assert _protocol_key(pd.Series(row)) == _protocol_key(pd.Series({**row, "params.eval/zero_shot_class_names": "dataset"}))
     assert _protocol_key(pd.Series(row)) != _protocol_key(pd.Series({**row, "params.eval/knn_k": "[10]"}))
+
+
+def test_background_augmentation_rows_say_so_beside_the_plain_rows(env):
+    """views.background changes the result: its runs are their own row, labelled with the mode."""
+    base = ["pretrain", "method=simclr", "data.name=synthetic", *TINY, f"out_dir={env / 'runs'}"]
+    assert main(base) == 0 and main([*base, "views.background=random"]) == 0
+    (table,) = build(fetch_runs(None))
+    labels = sorted(m.split(" [")[0] + (" +bg:random" if "+bg:random" in m else "") for m in table.frame["method"])
+    assert labels == ["simclr", "simclr +bg:random"], list(table.frame["method"])

@@ -93,3 +93,25 @@ def test_a_server_gone_mid_run_loses_nothing(tmp_path):
         assert steps[-1] == 60 and len(steps) >= 20, steps   # the curve has the steps trained while it was away
     finally:
         _stop(server, port)
+
+
+def test_resending_kept_points_logs_each_once(tmp_path):
+    """A request the store committed but whose answer was lost leaves its points both in the store and in
+    the kept file: re-sending them (mid-run recovery or ``--resume``) logs every (key, step) once."""
+    from harness.tracking.runs import MetricBuffer, TrackedRun, relog_unlogged
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    run = TrackedRun("e", "r", uri)
+    run.log_points([({"train/loss": 1.0}, 1), ({"train/loss": 0.9, "train/lr": 0.1}, 2)])   # arrived
+    kept = tmp_path / "unlogged_metrics.jsonl"
+    buf = MetricBuffer(run, kept)
+    buf._spill([({"train/loss": 0.9, "train/lr": 0.1}, 2), ({"train/loss": 0.8, "train/lr": 0.1}, 3)])
+    assert relog_unlogged(run, kept) == 2 and not kept.exists()
+    hist = {k: [m.step for m in sorted(run.client.get_metric_history(run.run_id, k), key=lambda m: m.step)]
+            for k in ("train/loss", "train/lr")}
+    assert hist == {"train/loss": [1, 2, 3], "train/lr": [2, 3]}
+    buf.failed_at = 0.0            # recovering mid-run: pending points the store already holds are skipped
+    buf.pending = [({"train/loss": 0.8}, 3), ({"train/loss": 0.7}, 4)]
+    buf._send()
+    steps = sorted(m.step for m in run.client.get_metric_history(run.run_id, "train/loss"))
+    assert steps == [1, 2, 3, 4] and buf.failed_at is None

@@ -119,15 +119,26 @@ class TrackedRun:
             for i in range(0, len(items), 500):
                 self.client.log_batch(self.run_id, metrics=items[i : i + 500])
 
-    def log_points(self, points: list[tuple[dict[str, float], int]]) -> None:
-        """Many steps' metrics in as few requests as MLflow allows (1000 metrics per batch)."""
+    def log_points(self, points: list[tuple[dict[str, float], int]], skip_logged: bool = False) -> int:
+        """Many steps' metrics in as few requests as MLflow allows (1000 metrics per batch); returns how many
+        points were sent.
+
+        ``skip_logged``: first ask the store which (key, step) points it already holds and send only the
+        others. Used when re-sending points after a failure: a request the server committed but whose answer
+        was lost (the server stopped mid-reply, or a retry of a request that did arrive) must not log its
+        points twice, so delivery is exactly once from the store's side."""
         with protected():
             from mlflow.entities import Metric
 
             ts = int(time.time() * 1000)
             items = [Metric(to_mlflow_key(k), float(v), ts, step) for metrics, step in points for k, v in metrics.items()]
+            if skip_logged and items:
+                held = {(m.key, m.step) for key in {i.key for i in items}
+                        for m in self.client.get_metric_history(self.run_id, key)}
+                items = [i for i in items if (i.key, i.step) not in held]
             for i in range(0, len(items), 1000):
                 self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+            return len(items)
 
     def log_dict(self, obj: Any, name: str) -> None:
         with protected():
@@ -221,8 +232,8 @@ class MetricBuffer:
             os.fsync(f.fileno())
 
     def _send(self) -> None:
-        if self.pending:
-            self.run.log_points(self.pending)
+        if self.pending:   # after a failure, some of these may have reached the store: those are not sent again
+            self.run.log_points(self.pending, skip_logged=self.failed_at is not None)
         self.pending = []
         if self.failed_at is not None:
             self.path.unlink(missing_ok=True)
@@ -252,7 +263,7 @@ def relog_unlogged(run: "TrackedRun", path: Path) -> int:
             points.append((dict(d["metrics"]), int(d["step"])))
         except (ValueError, KeyError, TypeError):
             continue   # a line cut by a kill: its step is logged again by the resumed trainer
-    run.log_points(points)
+    run.log_points(points, skip_logged=True)   # a point whose request arrived before the answer was lost: once
     path.unlink(missing_ok=True)
     return len(points)
 
