@@ -26,6 +26,7 @@ import torch
 from harness.core.device import bf16_supported
 from harness.data.dataset import batch_indices
 from harness.method.contract import Batch, DataInfo, StepInfo
+from harness.models.autotune import machine_summary
 from harness.models.kernels import prepare_for_training
 from harness.run.plugins import load_plugins
 from harness.train.build import build_method
@@ -43,8 +44,9 @@ class Path:
         torch.manual_seed(0)
         load_plugins()
         self.method = build_method(cfg, info)
-        prepare_for_training(self.method, True, torch.device("cpu"), precision, "on" if channels_last else "off",
-                             conv_wgrad)   # the trainer's own set-up: memory format, conv kernels
+        # the trainer's own set-up: memory format, conv kernels (auto: measured on this machine, cached)
+        self.plan = prepare_for_training(self.method, True, torch.device("cpu"), precision, "on" if channels_last else "off",
+                                         conv_wgrad, trial_model=self.method.backbone, channels=3, sizes=(32,), batch=batch)
         self.method.train()
         self.opt = build_optimizer(effective_optim(type(self.method).optim, cfg.optim), self.method.param_groups())
         self.recipe = self.method.view_recipe(info)
@@ -84,10 +86,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--only", choices=["fp32", "bf16"], help="measure one path only (no ratio)")
     ap.add_argument("--conv-wgrad", choices=["auto", "gemm", "native"], default="auto",
-                    help="the bf16 path's small-map conv weight gradients (train.conv_wgrad; auto = the trainer's choice)")
+                    help="the bf16 path's conv weight gradients (train.conv_wgrad: auto = measured per shape on this "
+                         "machine, gemm = the size rule, native = oneDNN's)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every measured step's time")
     args = ap.parse_args()
-    print(f"SimCLR, {args.backbone}, 32 px, batch {args.batch}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(machine_summary())
+    print(f"SimCLR, {args.backbone}, 32 px, batch {args.batch}")
     paths = {}
     if args.only != "bf16":
         paths["fp32"] = Path(args.backbone, "fp32", False, args.batch, args.steps)
@@ -103,7 +107,7 @@ def main() -> None:
     for name, r in res.items():
         lo, hi = r["spread"]
         print(f"{name:22s}: {r['img_s']:7.1f} img/s  (median {r['step_s']:.2f} s/step, range {lo:.2f}-{hi:.2f}; "
-              f"data+views {100 * r['data_share']:.1f}% of a step)")
+              f"data+views {100 * r['data_share']:.1f}% of a step; conv weight gradient {paths[name].plan.summary()})")
         if args.verbose:
             print(f"{'':22s}  steps (s): {' '.join(f'{t:.2f}' for t in paths[name].step_s)}")
     if len(res) == 2:

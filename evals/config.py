@@ -38,6 +38,9 @@ class EvalConfig:
     bg_threshold: str = choices(*SALIENCY_THRESHOLDS, default="otsu")
     bg_quantile: float = between(0.5, 0, 1, open_lo=True, open_hi=True)    # with bg_threshold=quantile
     bg_seed: int = 0
+    # translation (evals.translation): the domain classifier's training steps, and the sample grid's width
+    translation_steps: int = positive(600)
+    translation_grid: int = positive(8, allow_zero=True)
 
 
 from evals.budgets import CPU_CLASS, FINETUNE_BUDGETS, finetune_budget  # noqa: E402,F401,I001  (re-exported)

@@ -26,6 +26,14 @@ from harness.data.dataset import ImageDataset
 def check_fits(cfg: EvalConfig, dataset: ImageDataset) -> None:
     """Refuse knobs the dataset cannot satisfy (before any training or extraction)."""
     validate(cfg, prefix="eval.")
+    if "state_probe" in cfg.protocols and not dataset.state_train:
+        raise ConfigError(f"eval.protocols has state_probe but dataset '{dataset.name}' has no state variables "
+                          "(data.name=atari has them: an Atari game's RAM); remove state_probe")
+    if dataset.state_train and dataset.num_classes < 2:
+        classy = [p for p in cfg.protocols if p not in ("state_probe", "align_uniform")]
+        if classy:
+            raise ConfigError(f"dataset '{dataset.name}' has no classes for {', '.join(classy)}; score its state "
+                              "variables with eval.protocols=[state_probe] (align_uniform also works)")
     if "knn" in cfg.protocols and max(cfg.knn_k) > len(dataset.x_train):
         raise ConfigError(f"eval.knn_k={cfg.knn_k} asks for more neighbours than the {len(dataset.x_train)} training "
                           f"images; use k <= {len(dataset.x_train)}")
@@ -33,7 +41,8 @@ def check_fits(cfg: EvalConfig, dataset: ImageDataset) -> None:
 
 def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None = None, device: str | torch.device = "cpu",
              cache_dir: str | None = None, seed: int = 0, progress: bool = True, precision: str = "auto",
-             label_fractions: Sequence[float] = (), zero_shot=None) -> dict[str, float | str]:
+             label_fractions: Sequence[float] = (), zero_shot=None, translator=None,
+             artifact_dir=None) -> dict[str, float | str]:
     """Run ``cfg.protocols`` (names of :data:`evals.protocols.PROTOCOLS`) on ``encoder``.
 
     Linear probes are selected on a hold-out of TRAIN only; alignment/uniformity use TEST images
@@ -42,7 +51,9 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
     ``cfg.features`` only names the cache entry: pass the module to score (e.g. backbone +
     projector for ``features="projector"``). ``cfg.au_pairs`` test images give the positive
     pairs for ``align`` and all their distinct pairs for ``uniform``. ``zero_shot`` is the method's
-    ``zero_shot_classifier`` hook (the ``zero_shot`` protocol; None: nothing to report).
+    ``zero_shot_classifier`` hook (the ``zero_shot`` protocol; None: nothing to report); ``translator``
+    its ``translator`` hook (the ``translation`` protocol). Files a protocol writes (the translation grid)
+    go to ``artifact_dir`` (none when None).
     """
     cfg = cfg or EvalConfig()
     validate(cfg, prefix="eval.")
@@ -73,7 +84,7 @@ def evaluate(encoder: nn.Module, dataset: ImageDataset, cfg: EvalConfig | None =
         out[f"eval/time/{name}"] = time.perf_counter() - t0
 
     ctx = Context(encoder, dataset, cfg, device, prec, seed, progress, label_fractions, features, timed,
-                  zero_shot=zero_shot)
+                  zero_shot=zero_shot, translator=translator, artifact_dir=artifact_dir)
     for name, protocol in PROTOCOLS.items():
         if name in cfg.protocols:
             out.update(protocol.run(ctx))

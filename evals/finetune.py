@@ -87,10 +87,13 @@ def train_classifier(encoder: nn.Module, x, y: torch.Tensor | None, num_classes:
     whose workers decode each step's batch ahead of the step)."""
     torch.manual_seed(seed)
     model = _Classifier(copy.deepcopy(encoder), num_classes).to(device)
-    channels_last = prepare_for_training(model, is_convnet(model.encoder), torch.device(device), precision)
+    bs = min(batch_size, len(x))
+    # kernels as the trainer chooses them: measured on this machine at this batch and size (cached)
+    channels_last = prepare_for_training(model, is_convnet(model.encoder), torch.device(device), precision,
+                                         trial_model=model.encoder, channels=x.shape[1], sizes=(x.shape[-1],),
+                                         batch=bs).channels_last
     opt = _optimizer(model, lr)
     spec = ViewSpec(x.shape[-1], scale=(0.35, 1.0), jitter_p=0.0, gray_p=0.0)
-    bs = min(batch_size, len(x))
     per_epoch = max(1, len(x) // bs)
     model.train()
     bar = None

@@ -149,7 +149,7 @@ def search(queries: torch.Tensor, database: torch.Tensor, k: int, backend: str =
     shard_rows = check_shard_rows(shard_rows)
     n = len(database)
     k = min(k, n)
-    backend = resolve_backend(backend, index, device)
+    backend = resolve_backend(backend, index, device, queries, database, k)
     if backend not in ("torch", "faiss"):
         raise SSLBenchError(f"unknown kNN backend '{backend}'; valid choices: auto, faiss, torch")
     if index not in INDEXES:
@@ -221,12 +221,52 @@ def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return vals, cols.gather(1, j)
 
 
-def resolve_backend(backend: str = "auto", index: str = "flat", device: str | torch.device = "cpu") -> str:
-    """``"auto"`` -> ``"faiss"`` on a CUDA device when FAISS sees GPUs or for an approximate index, else ``"torch"``."""
+def resolve_backend(backend: str = "auto", index: str = "flat", device: str | torch.device = "cpu",
+                    queries: torch.Tensor | None = None, database: torch.Tensor | None = None, k: int = 20) -> str:
+    """``"auto"`` -> ``"faiss"`` on a CUDA device when FAISS sees GPUs or for an approximate index; on a CPU,
+    given the search's ``queries`` and ``database``, the faster exact backend of a timed trial on them
+    (:func:`measured_cpu_backend`, cached per machine); else ``"torch"``."""
     if backend != "auto":
         return backend
     faiss_gpu = torch.device(device).type == "cuda" and _faiss_gpus() > 0
-    return "faiss" if faiss_gpu or index != "flat" else "torch"
+    if faiss_gpu or index != "flat":
+        return "faiss"
+    if torch.device(device).type == "cpu" and queries is not None and database is not None and _has_faiss():
+        return measured_cpu_backend(queries, database, k)
+    return "torch"
+
+
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+TRIAL_QUERIES = 1024
+
+
+def measured_cpu_backend(queries: torch.Tensor, database: torch.Tensor, k: int) -> str:
+    """The faster of the two exact CPU searches (torch GEMM + two-stage top-k vs FAISS ``IndexFlatIP``) on
+    this machine: both timed on up to 1024 of the run's queries against its database (its first shard),
+    each the best of 2 after a warm-up, interleaved. The cache key is the database size (to a power of
+    two), the dimension and k; the machine key holds the CPU, torch, oneDNN and threads. Both are exact
+    (the same neighbours), so the choice changes speed only."""
+    from harness.models.autotune import ChoiceCache, _best_times
+
+    n, d = min(len(database), SHARD_ROWS), database.shape[1]
+    key = f"knn n2^{max(0, round(math.log2(max(n, 1))))} d{d} k{k}"
+    cache = ChoiceCache()
+    hit = cache.get(key)
+    if hit is not None:
+        return hit["choice"]
+    q, db = queries[:TRIAL_QUERIES], database[:n]
+    t = _best_times({"torch": lambda: search(q, db, k, "torch"), "faiss": lambda: search(q, db, k, "faiss")}, reps=2)
+    res = {"torch_s": round(t["torch"], 4), "faiss_s": round(t["faiss"], 4), "queries": len(q), "rows": n,
+           "choice": "faiss" if t["faiss"] < 0.95 * t["torch"] else "torch"}
+    cache.put(key, res)
+    return res["choice"]
 
 
 def _faiss_gpus() -> int:

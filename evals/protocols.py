@@ -45,6 +45,10 @@ class Context:
     shared: dict[str, Any] = field(default_factory=dict)   # what one protocol fits for another (the linear probe)
     # the method's zero_shot_classifier hook (class names -> images-to-scores module, or None): zero_shot
     zero_shot: Callable[[list[str]], Any] | None = None
+    # the method's translator hook (-> a generator module mapping normalised source images to translated ones,
+    # or None): translation; and a folder for files a protocol writes (logged with the run as artifacts)
+    translator: Callable[[], Any] | None = None
+    artifact_dir: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,12 +72,35 @@ def _knn(ctx: Context) -> dict[str, Any]:
     from evals.knn import knn_eval, resolve_backend
 
     c, ds = ctx.cfg, ctx.dataset
+    # auto: on a CPU the faster exact backend of a timed trial on these features (cached per machine)
+    backend = resolve_backend(c.knn_backend, c.knn_index, ctx.device, ctx.features("test"), ctx.features("train"),
+                              max(c.knn_k))
     ctx.timed("knn", lambda: knn_eval(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, c.knn_k,
-                                      c.knn_temperature, ds.num_classes, backend=c.knn_backend, index=c.knn_index,
+                                      c.knn_temperature, ds.num_classes, backend=backend, index=c.knn_index,
                                       device=ctx.device, shard_rows=c.knn_shard_rows))
     return {"eval/knn_k": ",".join(map(str, c.knn_k)), "eval/knn_temperature": c.knn_temperature,
-            "eval/knn_metric": "cosine", "eval/knn_index": c.knn_index,
-            "eval/knn_backend": resolve_backend(c.knn_backend, c.knn_index, ctx.device)}
+            "eval/knn_metric": "cosine", "eval/knn_index": c.knn_index, "eval/knn_backend": backend}
+
+
+LIGHTLY_K, LIGHTLY_T = 200, 0.1
+
+
+def _knn_lightly(ctx: Context) -> dict[str, Any]:
+    """lightly's benchmark kNN (k = 200, T = 0.1, cosine, exp(s / T) votes): the same protocol as ``knn`` at
+    other settings, as its own clearly named column, so a row can be read against lightly's published
+    CIFAR-10 table; scored once, after training (never the maximum over epochs)."""
+    from evals.knn import knn_eval, resolve_backend
+
+    c, ds = ctx.cfg, ctx.dataset
+    backend = resolve_backend(c.knn_backend, c.knn_index, ctx.device, ctx.features("test"), ctx.features("train"), LIGHTLY_K)
+
+    def run():
+        m = knn_eval(ctx.features("train"), ds.y_train, ctx.features("test"), ds.y_test, (LIGHTLY_K,), LIGHTLY_T,
+                     ds.num_classes, backend=backend, index=c.knn_index, device=ctx.device, shard_rows=c.knn_shard_rows)
+        return {f"knn_lightly/top{t}": m[f"knn/top{t}@{LIGHTLY_K}"] for t in (1, 5)}
+
+    ctx.timed("knn_lightly", run)
+    return {"eval/knn_lightly_k": LIGHTLY_K, "eval/knn_lightly_temperature": LIGHTLY_T, "eval/knn_index": c.knn_index}
 
 
 def _linear(ctx: Context) -> dict[str, Any]:
@@ -173,10 +200,50 @@ def _zero_shot(ctx: Context) -> dict[str, Any]:
     return {"eval/zero_shot_class_names": "dataset" if names == list(ds.class_names) else "class indices"}
 
 
+def _state_probe(ctx: Context) -> dict[str, Any]:
+    from evals.state_probe import BLOCK, ENTROPY_THRESHOLD, EPOCHS, LR_GRID, state_probe
+
+    c, ds = ctx.cfg, ctx.dataset
+    ctx.timed("state_probe", lambda: state_probe(ctx.features("train"), ds.state_train, ctx.features("test"),
+                                                 ds.state_test, c.holdout_fraction, seed=ctx.seed, lrs=LR_GRID,
+                                                 precision=ctx.precision))
+    return {"eval/state_probe_lr_grid": ",".join(map(str, LR_GRID)), "eval/state_probe_epochs": EPOCHS,
+            "eval/state_probe_holdout": f"{c.holdout_fraction:g} of TRAIN in blocks of {BLOCK} consecutive samples",
+            "eval/state_probe_min_entropy": ENTROPY_THRESHOLD}
+
+
+def _translation(ctx: Context) -> dict[str, Any]:
+    from evals.translation import CLASSIFIER_BATCH, CLASSIFIER_SIDE, WIDTHS, translation_eval
+    from harness.data.domains import domains_of
+
+    c, ds = ctx.cfg, ctx.dataset
+    # the protocol's settings, logged for every run that lists it (so a random-init floor, which has no
+    # generator and gets no translation metric, shares its table with the generator's rows)
+    knobs = {"eval/translation_steps": c.translation_steps, "eval/translation_grid": c.translation_grid,
+             "eval/translation_classifier": f"{len(WIDTHS)} conv-BN-ReLU stages ({'-'.join(map(str, WIDTHS))}), "
+                                            f"Adam 1e-3, batch {CLASSIFIER_BATCH} half per domain, flips, "
+                                            f"<= {CLASSIFIER_SIDE} px, seeded by eval/seed"}
+    gen = ctx.translator() if ctx.translator is not None else None
+    if gen is None:                  # a method without a generator: no value, no error
+        return knobs
+    domains = domains_of(ds)
+    if domains is None:
+        return {**knobs, "eval/translation": "not scored: the dataset has no two domains (data.domains or "
+                                             "data.name=unpaired)"}
+    ctx.timed("translation", lambda: translation_eval(gen, ds, domains, c.translation_steps, c.translation_grid,
+                                                      seed=ctx.seed, batch_size=c.batch_size, device=ctx.device,
+                                                      precision=ctx.precision, artifact_dir=ctx.artifact_dir),
+              splits=())
+    return knobs
+
+
 # In the order the evaluator runs them (and the leaderboard shows their columns).
 _TABLE = [
     Protocol("knn", "weighted kNN on L2-normalised frozen features, T = 0.07, k in eval.knn_k (headline k = 20)", _knn,
              (Column(HEADLINE, "kNN@20"), Column("knn/top1@200", "kNN@200")), default=True),
+    Protocol("knn_lightly", "lightly's benchmark kNN: k = 200, T = 0.1 on the same L2-normalised frozen features, "
+             "scored once after training (its published CIFAR-10 table's protocol)", _knn_lightly,
+             (Column("knn_lightly/top1", "kNN@200 T0.1 (lightly)"),)),
     Protocol("linear", "BN + linear probe on cached features, SGD, LR/WD chosen on a TRAIN hold-out, refit on TRAIN",
              _linear, (Column("linear/top1", "linear"), Column("linear@1%/top1", "linear 1%"),
                        Column("linear@10%/top1", "linear 10%")), default=True),
@@ -192,9 +259,20 @@ _TABLE = [
     Protocol("background", "the linear probe on TEST images with backgrounds swapped between images (saliency masks, "
              "fixed seeded derangement): accuracy drop from original to swapped (Ryali et al., 2021)", _background,
              (Column("bg/drop", "bg drop", higher_is_better=False),)),
+    Protocol("state_probe", "a linear probe per state variable (AtariARI: an Atari game's RAM bytes, each a "
+             "classification of its value) on frozen features, LR chosen per variable on a TRAIN hold-out of "
+             "consecutive-frame blocks, refit on TRAIN; mean weighted F1 and accuracy over the variables", _state_probe,
+             (Column("state/f1", "state F1", digits=3), Column("state/acc", "state acc"))),
     Protocol("zero_shot", "CLIP's zero-shot classification: class-name prompts through the method's text tower, "
              "nearest prompt embedding in cosine (methods without a text tower: nothing)", _zero_shot,
              (Column("zero_shot/top1", "zero-shot"),)),
+    Protocol("translation", "image translation A -> B (CUT): a seeded domain classifier trained on real TRAIN images "
+             "of both domains judges the translated TEST images of A (percent called B vs the inputs'), edge-map "
+             "SSIM between input and output vs random A/B pairs, a PNG grid of samples (methods without a "
+             "generator: nothing)", _translation,
+             (Column("translation/to_target", "to target"), Column("translation/input_to_target", "inputs to target"),
+              Column("translation/edge_ssim", "edge SSIM", digits=3),
+              Column("translation/edge_ssim_random", "edge SSIM random", digits=3))),
 ]
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in _TABLE}
 DEFAULT_PROTOCOLS = [p.name for p in _TABLE if p.default]

@@ -42,15 +42,17 @@ _API: dict[str, tuple[str, ...]] = {
     "harness.data.tiles": ("assemble", "crop_at", "gap_layout", "gradient_energy", "grid_geometry", "grid_tiles", "hamming_permutations",
                            "hog_cells", "min_hamming_distance", "patchify", "permute_tiles", "split_tiles", "unpatchify",
                            "window_energy_argmax"),
+    "harness.data.video": ("crop_flow", "gray_frames", "permute_frames"),
     "harness.data.views": ("ViewRecipe", "Views", "ViewSpec"),
-    "harness.method.contract": ("Batch", "DataInfo", "Method", "OptimDefaults", "Requirements", "StepInfo"),
+    "harness.method.contract": ("Batch", "DataInfo", "Method", "OptimDefaults", "OptimPhase", "Requirements", "StepInfo"),
     "harness.method.pipelines": ("MultiCrop", "MultiCropConfig", "TwoViewConfig", "TwoViewMethod"),
     "harness.method.registry": ("register_method",),
-    "harness.models.backbones": ("check_input_size", "feature_map", "has_feature_map", "is_convnet", "is_vit"),
+    "harness.models.backbones": ("check_input_size", "feature_map", "has_feature_map", "is_convnet", "is_video", "is_vit"),
     "harness.models.blocks": ("Centering", "EMATeacher", "FeatureQueue", "MemoryBank", "sinkhorn_knopp"),
     "harness.models.heads": ("DINOHead", "WeightNormLinear", "frozen", "mlp"),
     "harness.models.hybrid": ("LayerNorm2d",),
     "harness.models.text": ("BPETokenizer", "TextTransformer"),
+    "harness.models.translation": ("PatchDiscriminator", "ResnetDecoder", "ResnetEncoder", "gan_init"),
     "harness.models.vit": ("final_norm", "input_tokens", "output_tokens", "run_blocks", "sincos_pos_embed_2d", "token_grid"),
 }
 
@@ -76,6 +78,8 @@ def __getattr__(name: str):
         from harness.data import masking as module
     elif where == "harness.data.tiles":
         from harness.data import tiles as module
+    elif where == "harness.data.video":
+        from harness.data import video as module
     elif where == "harness.data.views":
         from harness.data import views as module
     elif where == "harness.method.contract":
@@ -94,6 +98,8 @@ def __getattr__(name: str):
         from harness.models import hybrid as module
     elif where == "harness.models.text":
         from harness.models import text as module
+    elif where == "harness.models.translation":
+        from harness.models import translation as module
     elif where == "harness.models.vit":
         from harness.models import vit as module
     else:

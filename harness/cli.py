@@ -10,6 +10,9 @@
     sslbench methods [NAME] [-v]                every method: family, needs, paper, venue
     sslbench ui [--port N]                      the MLflow UI on 127.0.0.1 against the same store
     sslbench sweep [SUITE] [key=value ...]      a suite as run specs on an executor (in-process, submitit local, Slurm)
+    sslbench evolve [SUITE] [key=value ...]     search a method's loss weights (CMA-ES), then train and evaluate with the best
+    sslbench rl game=GAME [key=value ...]       an Atari agent (DQN) with CURL as its auxiliary loss, budgeted in env steps
+    sslbench rl-table [--experiment rl]         the agent runs' returns, mean ± 95% CI over seeds, written under results/
     sslbench server [--host H] [--port N]       a team tracking server (MLflow) with a database and an artifact root
 
 Errors caused by input print one line (``sslbench: error: ...``) and exit with status 2.
@@ -256,6 +259,80 @@ def cmd_sweep(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_evolve(args) -> int:
+    from harness.core.schema import BudgetConfig
+    from harness.report.export import export_leaderboard
+    from harness.run.evolve import SearchSettings, evolve
+
+    overrides = parse_overrides(args.overrides)
+    settings = SearchSettings(BudgetConfig.parse(args.trial_budget), args.fitness, args.fitness_clips, args.clusters,
+                              args.zipf_s, args.popsize, args.sigma0, not args.no_screen, args.trials, args.timeout)
+    seeds = _seed_list(args.seeds) if args.seeds else None
+    results = evolve(overrides, settings, suite=args.suite, seeds=seeds, resume=args.resume, search_only=args.search_only)
+    experiments = []
+    for r in results:
+        if "search" in r:
+            b = r["search"]
+            print(f"search {b['folder']}: best {b['fitness_kind']} fitness {b['fitness']:.4f} (trial {b['trial']} of "
+                  f"{b['trials']}; the config's own weights: {_num(b['baseline_fitness'])})")
+            print("  best weights: " + " ".join(f"method_cfg.{k}={v:.4f}" for k, v in b["weights"].items()))
+        elif r.get("metrics"):
+            cfg = r.get("config", {})
+            experiments.append(cfg.get("tracking", {}).get("experiment"))
+            print(f"{cfg.get('method')} seed {cfg.get('seed')}: run {r.get('run_id')}")
+            _print_metrics(r["metrics"])
+    if not args.search_only:
+        command = "sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        for name in dict.fromkeys(e for e in experiments if e):
+            export_leaderboard(name, overrides.get("tracking.uri"), args.out, command=command)
+    return 0
+
+
+def cmd_rl(args) -> int:
+    from harness.rl.config import load_rl_yaml, resolve_rl
+    from harness.run.rl import train_agent
+
+    cfg = resolve_rl(parse_overrides(args.overrides), base=load_rl_yaml(args.config) if args.config else None)
+    state = train_agent(cfg, resume=args.resume)
+    if state.get("skipped"):
+        return 0
+    m = state.get("metrics", {})
+    arm = f"curl_weight={cfg.curl_weight:g}" if cfg.curl_weight > 0 else "no CURL (curl_weight=0)"
+    print(f"{cfg.game}, seed {cfg.seed}, {arm}, {int(m.get('rl/env_steps', 0))} env steps, "
+          f"{int(m.get('rl/episodes', 0))} episodes, {m.get('rl/seconds', 0):.0f} s")
+    print(f"  mean return, last {cfg.last_episodes} training episodes: {m.get('rl/return_last', float('nan')):.2f}")
+    print(f"  evaluation return, {cfg.eval_episodes} episodes at epsilon {cfg.eval_epsilon:g}: "
+          f"{m.get('rl/eval_return', float('nan')):.2f} ({', '.join(f'{r:g}' for r in state.get('eval_returns', []))})")
+    print(f"checkpoint: {state.get('checkpoint')}")
+    print(f"mlflow run: {state.get('run_id')}")
+    return 0
+
+
+def cmd_rl_table(args) -> int:
+    from harness.report.rl import rl_table, write_rl_table
+
+    table = rl_table(args.experiment, args.tracking_uri)
+    print(table.to_string(index=False))
+    files = write_rl_table(table, Path(args.out), args.experiment,
+                           command="sslbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print("written: " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _rl_keys_help() -> str:
+    from harness.rl.config import RLConfig
+
+    keys = flatten(RLConfig())
+    return "config keys (defaults: CURL's Atari agent, the Atari 100k budget):\n" + \
+        "\n".join(f"  {k} = {v!r}" for k, v in keys.items() if k != "method_cfg") + \
+        "\n  method_cfg.<key> = CURL's own settings (see 'sslbench methods curl')" + \
+        "\n\n--config NAME: a YAML of these keys, or a named one of harness/configs/rl/ (breakout_cpu: the CPU budget)."
+
+
+def _num(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def cmd_server(args) -> int:
     from harness.tracking.ui import serve
 
@@ -276,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def add(name, help_, fn, overrides=True, epilog=None):
-        sp = sub.add_parser(name, help=help_, description=help_, epilog=epilog,
+        # help is %-formatted by argparse (a '%' in it must be doubled), the description is printed as it is
+        sp = sub.add_parser(name, help=help_.replace("%", "%%"), description=help_, epilog=epilog,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.set_defaults(fn=fn)
         if overrides:
@@ -389,6 +467,42 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--setup", action="append", metavar="LINE", help="a shell line before each run (repeatable), "
                                                                    "e.g. 'source ~/sslbench/.venv/bin/activate'")
 
+    sp = add("evolve", "search a method's loss weights with CMA-ES (Optuna), each candidate a short training scored "
+                       "without labels, then train the final runs with the best weights and evaluate them "
+                       "(Evolving Losses; method evolving_loss)", cmd_evolve, overrides=False,
+             epilog="The run: a suite (its runs, seeds and random-init rows) or, without one, the key=value overrides as "
+                    "for 'sslbench pretrain'.\nOne search per configuration (seeds aside), at its first seed; every seed's "
+                    "final run uses the best weights.\nFiles: out_dir/<experiment>/evolve-<run>-<id>/ (optuna.journal, "
+                    "best.json, a folder per trial); MLflow: one run for the search, a child run per candidate.\n"
+                    "--resume: finished trials are kept, a trial killed mid-training is retried from its checkpoint, "
+                    "finished final runs are skipped.\n\n" + _suites_help())
+    sp.add_argument("suite", nargs="?", default=None, help="a suite YAML path or a built-in suite name (e.g. clips_cpu); "
+                                                           "none: the run the overrides describe")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+    sp.add_argument("--trials", type=int, default=16, help="candidates in all, the first generation included, finished "
+                                                          "ones counted across resumes (default 16)")
+    sp.add_argument("--trial-budget", default="steps=100", metavar="KIND=VALUE",
+                    help="each candidate's training budget, e.g. steps=100 or seconds=30 (default steps=100)")
+    sp.add_argument("--timeout", type=float, metavar="SECONDS", help="also stop starting candidates once the finished "
+                                                                     "ones took this many seconds in all")
+    sp.add_argument("--fitness", default="zipf", choices=["zipf", "knn_holdout"],
+                    help="zipf: the paper's label-free Zipf matching of k-means clusters (default); knn_holdout: kNN "
+                         "accuracy on a TRAIN hold-out (uses TRAIN labels; the final runs are marked label-using)")
+    sp.add_argument("--fitness-clips", type=int, default=1000, help="TRAIN clips a candidate is scored on (default 1000)")
+    sp.add_argument("--clusters", type=int, default=10, help="k-means clusters of the zipf fitness (default 10)")
+    sp.add_argument("--zipf-s", type=float, default=1.0, help="the exponent s of Zipf's law q(i) ~ 1/i^s (default 1)")
+    sp.add_argument("--popsize", type=int, help="CMA-ES's population (default: its own, 4 + 3 ln(weights))")
+    sp.add_argument("--sigma0", type=float, default=0.3, help="CMA-ES's initial step size in units of a weight's "
+                                                             "[0, 1] range (default 0.3)")
+    sp.add_argument("--no-screen", action="store_true", help="no screening generation (each weight alone); CMA-ES "
+                                                             "starts at the config's weights")
+    sp.add_argument("--seeds", help="comma-separated seeds of the final runs (the first is the search's), replacing "
+                                    "the suite's or the config's seed")
+    sp.add_argument("--resume", action="store_true", help="continue the search and the final runs")
+    sp.add_argument("--search-only", action="store_true", help="stop after the search (best.json); train nothing else")
+    sp.add_argument("--tables", "--out", dest="out", default="results", metavar="DIR",
+                    help="where the leaderboard tables are written (default: results/)")
+
     sp = add("server", "start a tracking server for a team (MLflow): a database (SQLite by default, or PostgreSQL/MySQL "
                        "through MLflow) and an artifact root; clients set MLFLOW_TRACKING_URI or tracking.uri=http://HOST:PORT",
              cmd_server, overrides=False)
@@ -403,6 +517,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: run until Ctrl-C)")
     sp.add_argument("--start-timeout", type=float, default=60)
 
+    sp = add("rl", "train an Atari agent (a data-efficient DQN) with CURL as its auxiliary loss, budgeted in environment "
+                   "steps; log episode returns to MLflow; report the mean return of the last episodes and an "
+                   "evaluation return", cmd_rl, epilog=_rl_keys_help())
+    sp.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="config overrides, e.g. game=breakout seed=1 env_steps=20000 curl_weight=0 agent.lr=1e-4")
+    sp.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint (an episode end)")
+
+    sp = add("rl-table", "the agent runs' returns (sslbench rl): one row per configuration, mean ± 95% CI over seeds "
+                         "of the last episodes' and the evaluation return; printed and written under results/",
+             cmd_rl_table, overrides=False)
+    sp.add_argument("--experiment", default="rl", help="the experiment of the agent runs (default: rl)")
+    sp.add_argument("--out", default="results", help="output folder (default: results/)")
+    sp.add_argument("--tracking-uri", metavar="URI", help=STORE_HELP)
+
     sp = add("ui", "start the MLflow UI on 127.0.0.1 against the same store (Ctrl-C stops it)", cmd_ui, overrides=False)
     sp.add_argument("--port", type=int, default=5000)
     sp.add_argument("--tracking-uri", metavar="URI", help=STORE_HELP)
@@ -416,10 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = _one_flag_style(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
-    if getattr(args, "fn", None) in (cmd_run, cmd_sweep) and args.suite and "=" in args.suite:
+    if getattr(args, "fn", None) in (cmd_run, cmd_sweep, cmd_evolve) and args.suite and "=" in args.suite:
         # argparse fills the optional suite positional with the first free token: an override is never a suite
         args.overrides = [args.suite, *(args.overrides or [])]
-        args.suite = "default"
+        args.suite = None if args.fn is cmd_evolve else "default"
     # key=value overrides may come after options (argparse stops collecting positionals there)
     stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
     if stray:
@@ -429,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
-    if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check, cmd_sweep):
+    if args.fn in (cmd_run, cmd_pretrain, cmd_eval, cmd_check, cmd_sweep, cmd_evolve, cmd_rl):
         from harness.tracking.provenance import git_info
 
         git_info()  # pin the commit this process's code came from, before any long work
@@ -443,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         how = {cmd_pretrain: "rerun with --resume to continue from the last checkpoint",
                cmd_run: "rerun with --resume to skip finished runs and continue the interrupted one",
                cmd_check: "rerun 'sslbench check' (the gate always trains its suite from the start)",
+               cmd_evolve: "rerun with --resume: finished trials and runs are kept, the interrupted one continues",
+               cmd_rl: "rerun with --resume to continue from the last checkpoint (an episode end)",
                cmd_sweep: "rerun the same 'sslbench sweep' command: finished runs are skipped, interrupted ones "
                           "resume from their checkpoints"}.get(
                    args.fn, "nothing was left half-written")
@@ -471,7 +601,7 @@ def _one_flag_style(argv: list[str]) -> list[str]:
     config keys (leaderboard, compare, ui) ``tracking.uri=URI`` is read as that option."""
     if not argv:
         return argv
-    takes_keys = argv[0] in ("pretrain", "eval", "run", "check", "sweep")
+    takes_keys = argv[0] in ("pretrain", "eval", "run", "check", "sweep", "evolve", "rl")
     out, i = [argv[0]], 1
     while i < len(argv):
         a, value = argv[i], None

@@ -42,6 +42,7 @@ class InvaSpreadConfig:
 class InvaSpread(Method):
     Config = InvaSpreadConfig
     optim = OptimDefaults("sgd", base_lr=0.06, weight_decay=5e-4)  # 0.03 at batch 128
+    progressive_views = True
 
     def __init__(self, backbone, cfg: InvaSpreadConfig, info):
         super().__init__(backbone, cfg, info)

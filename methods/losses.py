@@ -504,3 +504,69 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor
     logits = scale * i @ t.t()
     target = torch.arange(len(i), device=i.device)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def patch_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    """PatchNCE (CUT; Park, Efros, Zhang & Zhu, 2020, eq. 2 and 5), one layer.
+
+    ``q`` (B, P, D): features of the *output* image at P sampled locations (after the layer's MLP);
+    ``k`` (B, P, D): the *input* image's features at the same locations (no gradient reaches them, as in
+    the official code). With rows L2-normalised, the positive of q_bi is k_bi (the same location) and its
+    negatives are the other P - 1 locations of the same image:
+
+        L = 1/(B P) sum_b sum_i -log( exp(q_bi . k_bi / tau) / sum_j exp(q_bi . k_bj / tau) )
+    """
+    q = F.normalize(q.float(), dim=-1)
+    k = F.normalize(k.detach().float(), dim=-1)
+    b, p, _ = q.shape
+    logits = q @ k.transpose(1, 2) / temperature                # (B, P, P): row i, column j = q_bi . k_bj / tau
+    target = torch.arange(p, device=q.device).repeat(b)
+    return F.cross_entropy(logits.reshape(b * p, p), target)
+
+
+def gan_loss(logits: torch.Tensor, real: bool, mode: str = "lsgan") -> torch.Tensor:
+    """A GAN objective on a discriminator's logits (a PatchGAN map: every patch counts once), with target
+    t = 1 for real, 0 for fake:
+
+        lsgan (Mao et al., 2017):                 L = mean (D(x) - t)^2
+        nonsaturating (Goodfellow et al., 2014):  L = mean softplus(-D(x)) if real else mean softplus(D(x))
+
+    The discriminator minimises L(real, 1) and L(fake, 0); the generator minimises L(fake, 1).
+    """
+    x = logits.float()
+    if mode == "lsgan":
+        return (x - (1.0 if real else 0.0)).pow(2).mean()
+    if mode == "nonsaturating":
+        return F.softplus(-x if real else x).mean()
+    raise ValueError(f"unknown GAN mode {mode!r}; valid: lsgan, nonsaturating")
+
+
+def distillation_l2(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The distillation term of Evolving Losses (Piergiovanni, Angelova & Ryoo, 2020, Sec. 3.2): the
+    squared L2 distance between a layer of the main (RGB) network and the same layer of another
+    modality's network, which is the target (no gradient reaches it):
+
+        L_d = 1/(N D) sum_i || s_i - sg(t_i) ||^2
+
+    over N samples of D-dimensional activations (the mean over dimensions keeps the term's scale
+    independent of the layer's width; the paper's weight lambda_d absorbs any constant).
+    """
+    return (student.float() - teacher.detach().float()).pow(2).mean()
+
+
+def curl_logits(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """CURL's bilinear similarities (Laskin, Srinivas & Abbeel, 2020, Eq. 5): logits_ij = scale * q_i^T W k_j
+    between the queries q (N, D) and the keys k (N, D), no normalisation; the keys carry no gradient.
+    (Each row's maximum is subtracted, as CURL's code does: the cross-entropy is unchanged by it.)"""
+    logits = scale * (q.float() @ w.float() @ k.detach().float().t())
+    return logits - logits.detach().max(dim=1, keepdim=True).values
+
+
+def curl_loss(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """CURL's InfoNCE over the batch: query i's positive is key i (another crop of the same frames), the
+    other keys are its negatives:
+
+        L = 1/N sum_i -log( exp(s q_i^T W k_i) / sum_j exp(s q_i^T W k_j) )
+    """
+    logits = curl_logits(q, k, w, scale)
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))

@@ -5,6 +5,11 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # tests pass their own store
 if not os.environ["MLFLOW_TRACKING_URI"]:
     del os.environ["MLFLOW_TRACKING_URI"]
 
+import tempfile  # noqa: E402
+
+# the kernel trials' cache (harness.models.autotune): one per test session, never the user's ~/.cache
+os.environ.setdefault("SSLBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="sslbench-test-cache-"))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

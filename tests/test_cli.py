@@ -56,7 +56,7 @@ def _bad_inputs(tmp: Path):
         (["pretrain", "data.name=npz", f"data.data_dir={corrupt}"], "corrupt or unreadable .npz"),
         (["pretrain", "data.name=cifar10", f"data.data_dir={tmp / 'evilcifar'}"], "carries a pickle payload"),
         (["eval", str(evil_ckpt)], "carries a pickle payload"),
-        (["eval", "cnn4", "eval.protocols=[knn,bogus]"], "valid choices: knn, linear, linear_lbfgs, finetune, semisup, align_uniform"),
+        (["eval", "cnn4", "eval.protocols=[knn,bogus]"], "valid choices: knn, knn_lightly, linear, linear_lbfgs, finetune, semisup, align_uniform"),
     ]
 
 

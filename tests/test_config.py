@@ -20,7 +20,7 @@ def test_defaults_and_overrides():
     ("seed=1.5", "expected int"),
     ("nosuchsection.x=1", "unknown config key 'nosuchsection'"),
     ("optim=3", "is a section"),
-    ("eval.protocols=[knn, nope]", "valid choices: knn, linear, linear_lbfgs, finetune, semisup, align_uniform"),
+    ("eval.protocols=[knn, nope]", "valid choices: knn, knn_lightly, linear, linear_lbfgs, finetune, semisup, align_uniform"),
 ])
 def test_bad_values_name_the_key(item, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):

@@ -11,10 +11,10 @@ import sys
 import time
 
 import torch
+from test_methods_pretext import PRETEXT, run_cfg
 
 from harness.data.sources import synthetic
 from harness.train.trainer import Trainer
-from test_methods_pretext import PRETEXT, run_cfg
 
 STEPS = 30
 DRIVER = """
@@ -22,11 +22,13 @@ import json, sys, torch
 torch.set_num_threads(int(sys.argv[3]))
 from harness.run.plugins import load_plugins
 load_plugins()
+from harness.data.domains import select_domains
 from harness.data.sources import synthetic
 from harness.train.config import from_dict
 from harness.train.trainer import Trainer
 cfg = from_dict(json.loads(sys.argv[1]))
-Trainer(cfg, synthetic(n_train=64, n_test=16, image_size=16), sys.argv[2]).fit()
+ds = synthetic(n_train=64, n_test=16, image_size=16)
+Trainer(cfg, select_domains(ds, cfg.data.domains) if cfg.data.domains else ds, sys.argv[2]).fit()
 """
 
 
@@ -66,12 +68,16 @@ def kill_then_resume(tmp_path, names, make_cfg):
                 killed_at[n] = _step(tmp_path / n / "checkpoint.pt")
                 pending.discard(n)
         time.sleep(0.005)
-    for n, p in procs.items():
+    for p in procs.values():
         if p.poll() is None:
             p.kill()
     assert not pending, f"no checkpoint appeared for {sorted(pending)}"
     ds = synthetic(n_train=64, n_test=16, image_size=16)
     for n in PRETEXT:
+        if cfgs[n].data.domains:            # two image domains (CUT): the same class selection as the driver's
+            from harness.data.domains import select_domains
+
+            ds = select_domains(synthetic(n_train=64, n_test=16, image_size=16), cfgs[n].data.domains)
         step, finished = killed_at[n]
         assert 2 <= step < STEPS and not finished, (n, killed_at[n], procs[n].stderr.read()[-500:])
         full = Trainer(cfgs[n], ds, tmp_path / f"{n}-full")

@@ -63,7 +63,7 @@ def test_context_prediction_pairs_hold_the_labelled_neighbour():
     centre, neigh, y = sample_pairs(feats, 8, torch.Generator().manual_seed(0))
     assert centre[:, 0].tolist() == [4.0 + 100 * (i // 8) for i in range(24)]
     cell = neigh[:, 0] - torch.arange(3).repeat_interleave(8) * 100                 # the neighbour's cell index
-    assert cell.tolist() == [float(NEIGHBOURS[int(l)]) for l in y]                  # the label names that cell
+    assert cell.tolist() == [float(NEIGHBOURS[int(v)]) for v in y]                  # the label names that cell
     assert sorted(y[:8].tolist()) == list(range(8))                                  # k = 8: every neighbour once
     _, _, y1 = sample_pairs(feats, 1, torch.Generator().manual_seed(0))
     assert y1.shape == (3,)

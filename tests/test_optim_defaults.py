@@ -5,6 +5,7 @@ momentum / betas / LARS trust coefficient), for every registered method."""
 import pytest
 import torch
 
+from harness.data.domains import select_domains
 from harness.data.sources import synthetic
 from harness.run.plugins import get_method, methods
 from harness.train.config import resolve
@@ -29,6 +30,9 @@ SHAPE = {
     "exemplar_cnn": {"method_cfg.num_classes": 32, "method_cfg.patch_size": 12},
     "context_prediction": {"method_cfg.view_size": 48},
     "jigsaw": {"method_cfg.view_size": 32, "method_cfg.num_permutations": 20, "method_cfg.head_hidden": 64},
+    # CUT: its generator's encoder, two of synthetic's classes as its domains, networks for 16 px
+    "cut": {"backbone": "cut_encoder_small", "data.domains": [["0", "1"], ["2", "3"]], "method_cfg.nce_layers": [0, 4, 8, 12],
+            "method_cfg.d_layers": 2},
 }
 TYPES = {"sgd": torch.optim.SGD, "lars": LARS, "adamw": torch.optim.AdamW}
 
@@ -62,15 +66,21 @@ def test_a_run_without_preset_gets_the_declared_optimiser(name, data, teacher, t
     cfg = resolve({"method": name, "data.name": "synthetic", "optim.batch_size": batch, "train.progress": False,
                    "train.precision": "fp32", **SHAPE.get(name, {}), **needs})
     assert cfg.preset is None and cfg.optim.name is None and cfg.optim.lr is None
-    tr = Trainer(cfg, data, tmp_path)
+    if name == "evolving_loss":    # it learns from video clips (frames stacked on the channel axis)
+        from harness.data.video import synthetic_clips
+
+        cfg = resolve({"method": name, "data.name": "synthetic_clips", "backbone": "video_cnn_small",
+                       "optim.batch_size": batch, "train.progress": False, "train.precision": "fp32"})
+        data = synthetic_clips()
+    tr = Trainer(cfg, select_domains(data, cfg.data.domains) if cfg.data.domains else data, tmp_path)
     opt = tr.optimizer
     assert type(opt) is TYPES[declared.name]
     assert tr.optim.name == declared.name
     assert tr.base_lr == pytest.approx(declared.base_lr * batch / 256)
     decayed = [g for g in opt.param_groups if g["weight_decay"] != 0]
-    assert decayed and all(g["weight_decay"] == pytest.approx(declared.weight_decay) for g in decayed)
+    assert (decayed or not declared.weight_decay) and all(g["weight_decay"] == pytest.approx(declared.weight_decay) for g in decayed)
     # biases and norm weights: no weight decay (and no LARS trust ratio)
-    flat = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    flat = {id(p) for o in tr.optimizers for g in o.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert all(id(p) in flat for p in tr.method.parameters() if p.requires_grad and p.ndim <= 1)
     if declared.name == "lars":
         assert all(g["lars_exclude"] for g in opt.param_groups if any(p.ndim <= 1 for p in g["params"]))

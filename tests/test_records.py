@@ -293,3 +293,13 @@ def test_background_augmentation_rows_say_so_beside_the_plain_rows(env):
     (table,) = build(fetch_runs(None))
     labels = sorted(m.split(" [")[0] + (" +bg:random" if "+bg:random" in m else "") for m in table.frame["method"])
     assert labels == ["simclr", "simclr +bg:random"], list(table.frame["method"])
+
+
+def test_an_unset_key_is_the_same_identity_whether_none_text_or_absent():
+    """MLflow stores None as 'None': a config key added later (unset) must not split new runs from older
+    records that lack it, nor the run-time identity from the one a leaderboard recomputes from the store."""
+    from harness.core.identity import identity
+
+    old = {"method": "simclr", "seed": "0", "data.name": "cifar10"}
+    assert identity({**old, "data.validation": "None", "data.game": None}) == identity(old)
+    assert identity({**old, "data.validation": "5000"}) != identity(old)

@@ -29,6 +29,15 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def broadcast_object(obj):
+    """The main process's ``obj`` on every process (a picklable object; the others pass anything)."""
+    if not is_distributed():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def init_from_env(device: str) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():

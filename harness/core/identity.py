@@ -39,7 +39,10 @@ def param_text(v: Any) -> str:
 
 def identity_fields(params: Mapping[str, Any]) -> dict[str, str]:
     """The params that change a run's result (values as text)."""
-    p = {k: param_text(v) for k, v in params.items() if v is not None and not str(k).startswith(NOT_RESULT)}
+    # None is stored by MLflow as the text "None": either way an unset key is left out, so a key added to the
+    # config later (unset in every older record, which lacks it) never splits a run from its older twins
+    p = {k: param_text(v) for k, v in params.items()
+         if v is not None and param_text(v) != "None" and not str(k).startswith(NOT_RESULT)}
     if p.get("method") == "random_init":
         return {k: v for k, v in p.items()
                 if k in RANDOM_INIT_KEYS or (k.startswith("data.") and not k.startswith(TRAINING_ONLY_DATA))}
@@ -54,9 +57,12 @@ def identity_fields(params: Mapping[str, Any]) -> dict[str, str]:
     if "data.fingerprint" in p:
         p.pop("data.name", None)   # the contents decide, not the loader's name
     if p.get("views.background", "none") == "none":
-        # views.* options are off (as for every record logged before they existed): their settings cannot
-        # change the result, so they stay out and the option's absence hashes as it always did
-        p = {k: v for k, v in p.items() if not k.startswith("views.")}
+        # background augmentation is off (as for every record logged before it existed): its settings cannot
+        # change the result, so they stay out and the option's absence hashes as it always did; progressive
+        # resizing (views.resolution) is its own option, in the identity whenever it is set
+        p = {k: v for k, v in p.items() if not k.startswith("views.") or k == "views.resolution"}
+    if p.get("train.compile") == param_text(False):
+        p.pop("train.compile")    # off: the eager step every record before the option ran
     return dict(sorted(p.items()))
 
 

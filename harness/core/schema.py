@@ -26,6 +26,9 @@ class DataConfig:
     train_subset: int | None = positive(None)  # N train images, stratified by class and seeded (tests, smoke runs)
     test_subset: int | None = positive(None)
     subset_seed: int = 0                 # the seed of the subsets' draw (the same for every run seed)
+    # hold out N TRAIN images (stratified by class, seeded by subset_seed) as the evaluation split; TEST is
+    # not read. For tuning presets and methods without selecting on the test split (tables say "val N")
+    validation: int | None = positive(None)
     # an image folder whose decoded images (train + val, uint8) exceed this is streamed from disk
     # instead of held in memory (0: always stream); the same images and results either way
     memory_cap_mb: float = positive(4096.0, allow_zero=True)
@@ -36,6 +39,18 @@ class DataConfig:
     # uses the labels, and the run is marked label-using), or None (no captions)
     captions: str | None = None
     caption_template: str | None = None  # templated mode: must hold '{class}'; None = 'a photo of a {class}.'
+    # two image domains, for unpaired translation (cut; harness.data.domains): [A, B], each a class (name or
+    # index) or a list of classes, e.g. [cat, dog]: the dataset is restricted to them, and the run is
+    # label-using (the selection reads the labels); with data.name=unpaired the folders are the domains
+    # (trainA/ trainB/ testA/ testB/, no labels) and [B, A] reverses the direction
+    domains: list[str | list[str]] | None = None
+    # data.name=atari (harness.data.atari): frame stacks (4 x 84 x 84) of an Atari game played by a seeded random
+    # policy, with the game's RAM state variables (AtariARI annotations) per frame stack, for the state_probe protocol
+    game: str | None = None              # an annotated game (ale-py's ROM id: pong, breakout, ...); required for
+    #                                      data.name=atari, checked against the annotated games when the data loads
+    train_frames: int | None = positive(None)   # frame stacks in TRAIN; None = 10000
+    test_frames: int | None = positive(None)    # in TEST (other episodes; stacks identical to a TRAIN one dropped); None = 2000
+    collect_seed: int | None = positive(None, allow_zero=True)   # seeds the episodes (policy, no-op starts); None = 0
 
 
 BUDGET_KINDS = ("epochs", "steps", "samples", "seconds", "flops")
@@ -103,9 +118,13 @@ class TrainConfig:
     device: str = choices("auto", "cpu", "cuda", default="auto")
     precision: str = choices("auto", "bf16", "fp32", default="auto")
     channels_last: str = choices("auto", "on", "off", default="auto")
-    # weight gradients of small-map, many-channel convs as one im2col GEMM instead of oneDNN's
-    # bf16 backward-weights kernel, slow there; auto = on for CPU + bf16 + channels-last (harness/models/conv_wgrad.py)
+    # auto (channels_last, conv_wgrad): decided by a timed trial on this run's shapes on this machine, cached
+    # per machine (harness/models/autotune.py). conv_wgrad: the weight gradient of convs as one im2col GEMM
+    # (CPU, bf16, channels-last) instead of oneDNN's kernel; gemm = by the size rule, native = never
     conv_wgrad: str = choices("auto", "gemm", "native", default="auto")
+    # torch.compile the training step (inductor; CPU needs a C++ compiler): a compile error falls back to
+    # eager with one warning line. Off by default: on 2 CPU cores it measured slower (benchmarks/README)
+    compile: bool = False
     checkpoint_every_steps: int | None = positive(None)
     checkpoint_every_seconds: float = positive(60.0)
     progress: bool = True
@@ -148,3 +167,7 @@ class ViewsConfig:
     saliency: str = choices(*SALIENCY_METHODS, default="frequency_tuned")
     saliency_threshold: str = choices(*SALIENCY_THRESHOLDS, default="otsu")
     saliency_quantile: float = between(0.5, 0, 1, open_lo=True, open_hi=True)   # with saliency_threshold=quantile
+    # progressive resizing: the views' side for equal shares of training, e.g. [16, 24, 32] (the last should
+    # be the images' side: evaluation sees full-size images); a recipe's smaller crops scale alike. Convnet
+    # backbones only (their pooling takes any size); None: the recipe's sizes throughout
+    resolution: list[int] | None = positive(None)

@@ -26,6 +26,16 @@ from harness.data.store import nbytes as store_nbytes
 MAX_CLASSES = 100_000   # more "classes" than this: the labels are not class indices
 
 
+@dataclass(frozen=True)
+class DomainSpec:
+    """Which of a dataset's classes form the two image domains of unpaired translation
+    (``harness.data.domains``): domain 0 = A (the source), 1 = B (the target)."""
+
+    of_class: tuple[int, ...]     # the domain of each class (len = num_classes)
+    names: tuple[str, str]        # what A and B are called (class names, or the folders' A / B)
+    mode: str                     # "classes": selected by class labels (label-using) | "folders": trainA/ trainB/ layout
+
+
 @dataclass
 class ImageDataset:
     name: str
@@ -38,6 +48,14 @@ class ImageDataset:
     source: str = ""
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # video clips (harness.data.video): the T frames of a clip stacked on the channel axis, (N, T*C, H, W);
+    # channels per frame = channels // frames. 1 for images.
+    frames: int = 1
+    domains: DomainSpec | None = None     # two image domains (unpaired translation; harness.data.domains), if any
+    # state variables per sample (harness.data.atari: an Atari game's RAM variables), int64 (N,) each, for the
+    # state_probe protocol; empty for images
+    state_train: dict[str, torch.Tensor] = field(default_factory=dict)
+    state_test: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self):
         for nm in ("x_train", "x_test"):
@@ -55,6 +73,16 @@ class ImageDataset:
                                 f"{self.num_classes} classes 0..{self.num_classes - 1} ({self.source}); fix the labels")
         if len(self.x_train) == 0:
             raise DataError(f"{self.name}: the training split is empty ({self.source})")
+        if self.frames < 1 or self.x_train.shape[1] % self.frames:
+            raise DataError(f"{self.name}: {self.x_train.shape[1]} channels are not {self.frames} frames of equal "
+                            f"channels ({self.source})")
+        for split, states, n in (("train", self.state_train, len(self.y_train)), ("test", self.state_test, len(self.y_test))):
+            bad = [k for k, v in states.items() if v.dtype != torch.int64 or tuple(v.shape) != (n,)]
+            if bad:
+                raise DataError(f"{self.name}: {split} state variable(s) {', '.join(bad)} must be int64 with one value "
+                                f"per image ({n}) ({self.source})")
+        if set(self.state_train) != set(self.state_test):
+            raise DataError(f"{self.name}: the train and test splits have different state variables ({self.source})")
         if not self.mean:
             # per-channel statistics of the TRAIN split (never the test split)
             self.mean, self.std = channel_stats(self.x_train, every=max(1, len(self.x_train) // 10000))
@@ -83,7 +111,8 @@ class ImageDataset:
             return self
         mem = [x.materialise() if is_streamed(x) else x for x in (self.x_train, self.x_test)]
         return ImageDataset(self.name, mem[0], self.y_train, mem[1], self.y_test, self.num_classes,
-                            self.class_names, self.source, self.mean, self.std)
+                            self.class_names, self.source, self.mean, self.std, frames=self.frames,
+                            domains=self.domains, state_train=self.state_train, state_test=self.state_test)
 
     def split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split == "train":
@@ -101,7 +130,27 @@ class ImageDataset:
         te = stratified_take(self.y_test, test, seed + 1) if test else slice(None)
         return ImageDataset(
             self.name, take(self.x_train, tr), self.y_train[tr], take(self.x_test, te), self.y_test[te],
-            self.num_classes, self.class_names, self.source, self.mean, self.std,
+            self.num_classes, self.class_names, self.source, self.mean, self.std, frames=self.frames,
+            domains=self.domains, state_train={k: v[tr] for k, v in self.state_train.items()},
+            state_test={k: v[te] for k, v in self.state_test.items()},
+        )
+
+    def validation_split(self, n: int, seed: int = 0) -> "ImageDataset":
+        """``n`` TRAIN images (stratified by class, seeded) become the evaluation split and leave TRAIN;
+        the TEST split is dropped unread. For tuning a preset or a method without ever selecting on the
+        test split (``data.validation``). Statistics are recomputed from the remaining TRAIN images."""
+        if n >= len(self.y_train):
+            raise DataError(f"{self.name}: data.validation={n} holds out every one of the {len(self.y_train)} "
+                            "training images; choose fewer")
+        val = stratified_take(self.y_train, n, seed)
+        keep = torch.ones(len(self.y_train), dtype=torch.bool)
+        keep[val] = False
+        tr = torch.nonzero(keep).flatten()
+        return ImageDataset(
+            self.name, take(self.x_train, tr), self.y_train[tr], take(self.x_train, val), self.y_train[val],
+            self.num_classes, self.class_names, f"{self.source} (validation: {n} TRAIN images held out, seed {seed})",
+            frames=self.frames, domains=self.domains, state_train={k: v[tr] for k, v in self.state_train.items()},
+            state_test={k: v[val] for k, v in self.state_train.items()},
         )
 
     def resized(self, size: int) -> "ImageDataset":
@@ -116,7 +165,8 @@ class ImageDataset:
             return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8) if out else x.new_zeros((0, x.shape[1], size, size))
 
         return ImageDataset(self.name, rs(self.x_train), self.y_train, rs(self.x_test), self.y_test, self.num_classes,
-                            self.class_names, self.source)
+                            self.class_names, self.source, frames=self.frames,
+                            domains=self.domains, state_train=self.state_train, state_test=self.state_test)
 
     def fingerprint(self) -> str:
         """A cheap content hash for caches and run identity: shapes plus a strided sample of pixels
@@ -124,10 +174,15 @@ class ImageDataset:
         whether they are held in memory or streamed from disk (a streamed store decodes only the
         images the sample touches, once)."""
         h = hashlib.sha256()
+        if self.frames != 1:        # (N, 8*3, H, W) clips are not (N, 24*1, H, W) ones (images: unchanged)
+            h.update(f"frames={self.frames}".encode())
         for t in (self.x_train, self.y_train, self.x_test, self.y_test):
             h.update(str(tuple(t.shape)).encode())
             stride = max(1, t.numel() // 65536)
             h.update(t.flat_sample(stride) if is_streamed(t) else t.reshape(-1)[::stride].numpy().tobytes())
+        for states in (self.state_train, self.state_test):     # state variables (none for images: unchanged)
+            for k in sorted(states):
+                h.update(k.encode() + states[k].numpy().tobytes())
         return h.hexdigest()[:16]
 
 

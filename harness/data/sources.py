@@ -11,7 +11,11 @@
   ``val/``), at the images' native size when they share one (else 64; ``data.image_size`` resizes),
   grayscale kept as one channel; held in memory when its decoded images fit in ``data.memory_cap_mb``,
   else streamed from disk (decoded by ``data.workers`` processes as batches are read).
+* ``unpaired``: the unpaired-translation layout ``root/{trainA,trainB,testA,testB}/<image>`` (CycleGAN /
+  CUT datasets); the two folders are two image domains (:mod:`harness.data.domains`).
 * ``synthetic``: small generated data for tests only.
+* Video clips (``clips`` .npz, ``clipfolder``, the generated ``moving_fashion_mnist``, ``synthetic_clips``):
+  an ImageDataset whose channels are the frames' channels stacked, ``frames = T`` (``harness.data.video``).
 
 Nothing is downloaded: a missing dataset is a :class:`DataError` saying where we looked and
 how to get it. Each loader registers itself in :data:`DATASETS`.
@@ -32,7 +36,9 @@ import torch
 from harness.core.errors import DataError
 from harness.core.registry import Registry
 from harness.core.schema import DataConfig
-from harness.data.dataset import ImageDataset, data_roots, to_tensor_nchw
+from harness.data import video
+from harness.data.dataset import DomainSpec, ImageDataset, data_roots, to_tensor_nchw
+from harness.data.domains import UNPAIRED, select_domains
 from harness.data.store import FolderImages, nbytes
 
 DATASETS: Registry = Registry("dataset")
@@ -301,6 +307,13 @@ def imagefolder(data_dir: str | None = None, image_size: int | None = None, memo
         raise DataError(f"{root}: expected sub-folders train/ and val/ (or test/), each with one folder per class")
     train_files, classes = _folder_files(root / "train", None)
     test_files, _ = _folder_files(test_dir, classes)
+    return _files_dataset(root, train_files, test_files, classes, test_dir.name, image_size, memory_cap_mb, workers)
+
+
+def _files_dataset(root: Path, train_files: list[tuple[Path, int]], test_files: list[tuple[Path, int]],
+                   classes: list[str], test_name: str, image_size: int | None, memory_cap_mb: float | None,
+                   workers: int | None, **extra) -> ImageDataset:
+    """An image folder's files (path, class) as a dataset: size chosen, held in memory or streamed, one line said."""
     sizes, gray = _survey(train_files + test_files)
     sides = {min(w, h) for w, h in sizes}
     if image_size:
@@ -323,9 +336,33 @@ def imagefolder(data_dir: str | None = None, image_size: int | None = None, memo
     else:
         xtr, xte = xtr.materialise(), xte.materialise()
         where = f"held in memory (decoded {_mb(decoded)} <= data.memory_cap_mb={cap:g})"
-    print(f"sslbench: {root}: {len(ytr)} train / {len(yte)} {test_dir.name} images, {len(classes)} classes, {how}, "
+    print(f"sslbench: {root}: {len(ytr)} train / {len(yte)} {test_name} images, {len(classes)} classes, {how}, "
           + ("grayscale (1 channel)" if gray else "RGB (3 channels)") + f", {where}", file=sys.stderr)
-    return ImageDataset(root.name, xtr, ytr, xte, yte, len(classes), classes, source=str(root))
+    return ImageDataset(root.name, xtr, ytr, xte, yte, len(classes), classes, source=str(root), **extra)
+
+
+@DATASETS.register(UNPAIRED)
+def unpaired(data_dir: str | None = None, image_size: int | None = None, memory_cap_mb: float | None = None,
+             workers: int | None = None, **_) -> ImageDataset:
+    """The unpaired-translation layout of CycleGAN / CUT datasets: ``ROOT/trainA/``, ``ROOT/trainB/``,
+    ``ROOT/testA/``, ``ROOT/testB/``, each a flat folder of images (sub-folders are not read). The two
+    folders are the two domains (classes ``A`` and ``B``; :mod:`harness.data.domains`), read without any
+    label. Sizes, grayscale, memory or streaming: as ``imagefolder``."""
+    layout = "ROOT/trainA/, ROOT/trainB/, ROOT/testA/ and ROOT/testB/, each a folder of images"
+    if not data_dir:
+        raise DataError(f"dataset '{UNPAIRED}' needs data.data_dir=ROOT with {layout}")
+    root = Path(data_dir).expanduser()
+    missing = [d for d in ("trainA", "trainB", "testA", "testB") if not (root / d).is_dir()]
+    if missing:
+        raise DataError(f"{root}: no {', '.join(missing)} folder; the unpaired layout is {layout}")
+    files = {}
+    for d in ("trainA", "trainB", "testA", "testB"):
+        files[d] = [(f, "AB".index(d[-1])) for f in sorted((root / d).iterdir()) if f.is_file() and f.suffix.lower() in IMG_EXT]
+        if not files[d]:
+            raise DataError(f"{root / d}: no images (domain {d[-1]} is empty); put the domain's images there "
+                            f"(extensions {', '.join(sorted(IMG_EXT))})")
+    return _files_dataset(root, files["trainA"] + files["trainB"], files["testA"] + files["testB"], ["A", "B"],
+                          "test", image_size, memory_cap_mb, workers, domains=DomainSpec((0, 1), ("A", "B"), "folders"))
 
 
 @DATASETS.register("synthetic")
@@ -348,16 +385,66 @@ def synthetic(data_dir: str | None = None, image_size: int | None = None, n_trai
     return ImageDataset("synthetic", xtr, ytr, xte, yte, num_classes, source="generated")
 
 
+# ----------------------------------------------------------------------------- video clips (harness.data.video)
+
+@DATASETS.register("clips")
+def clips(data_dir: str | None = None, **_) -> ImageDataset:
+    """Video clips from an .npz: x_train / x_test uint8 (N, T, H, W[, C]), y_train / y_test."""
+    if not data_dir:
+        raise DataError("dataset 'clips' needs data.data_dir=FILE.npz (x_train / x_test uint8 clips (N, T, H, W, C), "
+                        "y_train, y_test)")
+    return video.load_clip_npz(data_dir)
+
+
+@DATASETS.register("clipfolder")
+def clipfolder(data_dir: str | None = None, **_) -> ImageDataset:
+    """Video clips from ROOT/{train,val}/<class>/<clip>: a folder of frame images or <clip>.npy."""
+    if not data_dir:
+        raise DataError("dataset 'clipfolder' needs data.data_dir=ROOT with ROOT/train/<class>/<clip>/ (frame images) "
+                        "or <clip>.npy, and ROOT/val/ (or test/) alike")
+    return video.read_clip_folder(data_dir)
+
+
+@DATASETS.register("moving_fashion_mnist")
+def moving_fashion_mnist(data_dir: str | None = None, **_) -> ImageDataset:
+    """Fashion-MNIST garments moving on a canvas, 8-frame 32-px clips (``data.data_dir``: where the
+    Fashion-MNIST IDX files are, as for fashion_mnist); generated once and cached under
+    $SSLBENCH_DATA_DIR (else ~/.cache/sslbench/data)/moving_fashion_mnist/."""
+    return video.moving_fashion_mnist(fashion_mnist(data_dir), video.generated_dir() / "moving_fashion_mnist")
+
+
+@DATASETS.register("synthetic_clips")
+def synthetic_clips(**_) -> ImageDataset:
+    """Tests only: moving squares whose side is the class."""
+    return video.synthetic_clips()
+
+
+@DATASETS.register("atari")
+def atari(data_dir: str | None = None, game: str | None = None, train_frames: int | None = None,
+          test_frames: int | None = None, collect_seed: int | None = None, **_) -> ImageDataset:
+    """Frame stacks of an Atari game with its RAM state variables (``harness.data.atari``): generated by a
+    seeded random policy on first use, cached under ``data.data_dir`` (or ~/.cache/sslbench/data)/atari/."""
+    from harness.data.atari import load_atari  # gymnasium and ale-py load only for this dataset
+
+    return load_atari(game, train_frames, test_frames, collect_seed, data_dir)
+
+
 def load_dataset(cfg) -> ImageDataset:
     """Load ``cfg.data`` (a DataConfig) through the registry. A streamed folder whose subsets
     (``data.train_subset`` / ``test_subset``) fit in ``data.memory_cap_mb`` is then held in memory."""
     factory = DATASETS.get(cfg.name)
     ds = factory(data_dir=cfg.data_dir, image_size=cfg.image_size, memory_cap_mb=cfg.memory_cap_mb,
-                 workers=cfg.workers)
+                 workers=cfg.workers, game=cfg.game, train_frames=cfg.train_frames, test_frames=cfg.test_frames,
+                 collect_seed=cfg.collect_seed)
     if cfg.image_size and ds.image_size != cfg.image_size:   # every layout honours data.image_size
         ds = ds.resized(cfg.image_size)
+    if cfg.domains:        # two image domains (translation): the dataset restricted to their classes
+        ds = select_domains(ds, cfg.domains)
     if cfg.label:
         ds.name = cfg.label
+    if cfg.validation:     # TRAIN images as the evaluation split: tuning never reads TEST
+        ds = ds.validation_split(cfg.validation, cfg.subset_seed)
+        ds.name = f"{ds.name}-val{cfg.validation}"
     ds = ds.subset(cfg.train_subset, cfg.test_subset, cfg.subset_seed)
     if ds.streamed and ds.nbytes <= cfg.memory_cap_mb * 2**20:
         print(f"sslbench: {ds.name}: the subsets ({len(ds.y_train)} train / {len(ds.y_test)} test images, decoded "

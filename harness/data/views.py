@@ -5,6 +5,9 @@ plus each view's crop geometry (for pixel-level methods). Every random draw come
 ``torch.Generator`` the trainer seeds from (run seed, step), so a batch's views are a pure
 function of the step: a resumed run sees the same views as an uninterrupted one.
 
+Clips (a dataset with ``frames`` > 1, ``harness.data.video``: (B, T*C, H, W)) get one crop, flip, colour
+jitter, grayscale, blur and solarisation per clip, the same for all its frames (:meth:`ViewRecipe.with_frames`).
+
 Colour on grayscale data is explicit: with ``color="skip"`` (default) saturation, hue and
 random-grayscale are dropped for 1-channel images and :meth:`ViewRecipe.notes` says so;
 with ``color="refuse"`` a 1-channel dataset is an error before training.
@@ -36,6 +39,9 @@ class ViewSpec:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
+    # > 0: CURL's crop for frames instead of the resized crop (:func:`random_shift`): a random (S - shift)
+    # crop, replicate-padded by shift and randomly cropped back to S (size must be the image's side S)
+    shift: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,47 @@ class ViewRecipe:
     color: str = "skip"               # "skip" | "refuse" for 1-channel datasets
     notes_: list[str] = field(default_factory=list)
     background: BackgroundSpec | None = None   # views.background (set by the trainer from the run's config)
+    frames: int = 1                   # clips: frames stacked on the channel axis (set by the trainer from the data)
+    # views.resolution (progressive resizing): the views' side per equal share of progress, e.g. (16, 24, 32);
+    # every spec's size scales by side / full_size (local crops too). Empty: the specs' sizes throughout
+    resolution: tuple[int, ...] = ()
+    full_size: int = 0
+    _scaled: dict = field(default_factory=dict, repr=False)
+
+    def with_frames(self, frames: int) -> "ViewRecipe":
+        """This recipe for clips of ``frames`` frames (1: images): every augmentation drawn once per clip."""
+        self.frames = max(1, int(frames))
+        return self
+
+    def with_resolution(self, sides, full_size: int) -> "ViewRecipe":
+        """This recipe under progressive resizing (``views.resolution``): at progress p the views are made at
+        ``sides[int(p * len(sides))]`` / ``full_size`` of their sizes (rounded, at least 4 px)."""
+        self.resolution, self.full_size, self._scaled = tuple(int(v) for v in sides or ()), int(full_size), {}
+        return self
+
+    def side_at(self, progress: float) -> int:
+        """The views' side (of the full-size spec) at ``progress`` in [0, 1]."""
+        if not self.resolution:
+            return self.full_size
+        return self.resolution[min(len(self.resolution) - 1, int(progress * len(self.resolution)))]
+
+    def sizes(self) -> list[int]:
+        """Every view side this recipe makes over a run (for kernel trials)."""
+        sides = self.resolution or (self.full_size,)
+        return sorted({self._scale(spec.size, side) for spec in self.specs for side in sides})
+
+    def _scale(self, size: int, side: int) -> int:
+        return size if not self.resolution or side == self.full_size else max(4, round(size * side / self.full_size))
+
+    def at(self, progress: float) -> "ViewRecipe":
+        """The recipe in force at ``progress``: itself without progressive resizing, else a copy with scaled sizes."""
+        side = self.side_at(progress)
+        if not self.resolution or side == self.full_size:
+            return self
+        if side not in self._scaled:
+            self._scaled[side] = replace(self, specs=[replace(sp, size=self._scale(sp.size, side)) for sp in self.specs],
+                                         resolution=(), _scaled={})
+        return self._scaled[side]
 
     def with_background(self, views_cfg) -> "ViewRecipe":
         """This recipe with the run's ``views.*`` options (``harness.core.schema.ViewsConfig``)."""
@@ -141,6 +188,11 @@ class ViewRecipe:
         return ViewRecipe([spec, spec])
 
     @staticmethod
+    def shifted(size: int, shift: int = 4, n: int = 2) -> "ViewRecipe":
+        """CURL's views of Atari frame stacks (curl_rainbow): :func:`random_shift` only, no flip, no colour."""
+        return ViewRecipe([ViewSpec(size, flip=0.0, jitter_p=0.0, gray_p=0.0, shift=shift)] * n)
+
+    @staticmethod
     def light(size: int, scale: tuple[float, float] = (0.2, 1.0), n: int = 1) -> "ViewRecipe":
         """Crop + flip only (rotation prediction, masked image modelling)."""
         return ViewRecipe([ViewSpec(size, scale=scale, jitter_p=0.0, gray_p=0.0)] * n)
@@ -156,6 +208,11 @@ class ViewRecipe:
     def check(self, channels: int, image_size: int, method: str = "") -> None:
         """Resolve the grayscale policy; called once before training."""
         self.notes_ = []
+        if self.frames > 1:
+            if self.background is not None:
+                raise ConfigError("views.background (saliency masks) is for images; a clip dataset takes "
+                                  "views.background=none")
+            channels //= self.frames          # the policy below is per frame
         if channels == 1:
             uses_color = any(s.jitter_p > 0 and (s.jitter[2] > 0 or s.jitter[3] > 0) or s.gray_p > 0 for s in self.specs)
             if uses_color and self.color == "refuse":
@@ -163,8 +220,16 @@ class ViewRecipe:
                                   "choose a colour dataset such as cifar10")
             if uses_color:
                 self.notes_.append("grayscale dataset: saturation/hue jitter and random grayscale skipped")
-        if channels not in (1, 3):
-            raise ConfigError(f"views support 1- or 3-channel images, the dataset has {channels}")
+        colour_free = all(s.jitter_p == 0 and s.gray_p == 0 for s in self.specs) and self.background is None
+        if channels not in (1, 3) and not colour_free:   # any channels (Atari frame stacks) without colour operations
+            raise ConfigError(f"method '{method}' has colour augmentations, for 1- or 3-channel images; the dataset has "
+                              f"{channels} channels: use a method without them (e.g. curl)")
+        for s in self.specs:
+            if s.shift and s.size != image_size:
+                raise ConfigError(f"method '{method}': a shifted crop keeps the image's side ({image_size} px), "
+                                  f"its view asks for {s.size} px")
+            if s.shift and not 0 < s.shift < image_size:
+                raise ConfigError(f"method '{method}': a shift of {s.shift} px does not fit {image_size} px images")
         if self.background is not None:
             if self.background.views == "second" and len(self.specs) < 2:
                 raise ConfigError(f"views.background_views=second but method '{method}' makes "
@@ -193,7 +258,7 @@ class ViewRecipe:
                 mask[need] = foreground_mask(xf[need], bg.saliency, bg.threshold, bg.quantile)
         for i, spec in enumerate(self.specs):
             src = replace_background(xf, mask, bg, gen, mean, applies[i]) if i in bg_views else xf
-            v, box, fl = augment(src, spec, gen)
+            v, box, fl = augment(src, spec, gen, self.frames)
             imgs.append((v - mean_t) / std_t)
             boxes.append(box)
             flips.append(fl)
@@ -237,6 +302,35 @@ def random_resized_crop(x: torch.Tensor, size: int, scale, ratio, flip_p: float,
     grid = F.affine_grid(theta, (b, x.shape[1], size, size), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     box = torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+    return out, box, flip
+
+
+def random_shift(x: torch.Tensor, shift: int, flip_p: float, gen: torch.Generator):
+    """CURL's augmentation of Atari frames (its Atari code, curl_rainbow: RandomCrop(S - shift),
+    ReplicationPad2d(shift), RandomCrop(S)), batched, one draw per image for all its channels: a random
+    (S - shift) x (S - shift) crop at integer offset o1 in [0, shift], replicate-padded by ``shift``, then
+    the S x S crop at offset o2 in [0, shift]; so output pixel i is input pixel
+    o1 + clamp(i + o2 - shift, 0, S - shift - 1) (a shift of at most ``shift`` px, edges repeated). Then a
+    horizontal flip with probability ``flip_p``. Returns the views, their boxes (x0, y0, x1, y1) in [0, 1]
+    of the source and the flips, as :func:`random_resized_crop`."""
+    b, _, h, w = x.shape
+    dev = x.device
+    o1 = torch.randint(0, shift + 1, (b, 2), generator=gen, device=dev)
+    o2 = torch.randint(0, shift + 1, (b, 2), generator=gen, device=dev)
+    flip = torch.rand(b, generator=gen, device=dev) < flip_p
+
+    def index(side: int, axis: int) -> torch.Tensor:   # (B, side): the source row / column of each output one
+        i = torch.arange(side, device=dev)[None, :]
+        return o1[:, axis, None] + (i + o2[:, axis, None] - shift).clamp(0, side - shift - 1)
+
+    rows, cols = index(h, 0), index(w, 1)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    c = x.shape[1]
+    flat = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)   # one gather
+    out = x.reshape(b, c, h * w).gather(2, flat).view(b, c, h, w)
+    y0 = (o1[:, 0] + o2[:, 0] - shift).float() / h
+    x0 = (o1[:, 1] + o2[:, 1] - shift).float() / w
+    box = torch.stack([x0, y0, x0 + 1, y0 + 1], dim=1)
     return out, box, flip
 
 
@@ -308,19 +402,40 @@ def gaussian_blur(x: torch.Tensor, p: float, sigma, gen: torch.Generator) -> tor
     return torch.where(apply.view(b, 1, 1, 1), y, x)
 
 
-def augment(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator):
-    """One view of a float batch in [0, 1]: crop+flip, jitter, grayscale, blur, solarize."""
+def fold_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Clips (B, T*C, H, W) -> (B, C, T*H, W): each clip one tall image of its frames, so per-image
+    colour operations act on a whole clip alike."""
+    b, tc, h, w = x.shape
+    return x.reshape(b, frames, tc // frames, h, w).transpose(1, 2).reshape(b, tc // frames, frames * h, w)
+
+
+def unfold_frames(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """The inverse of :func:`fold_frames`."""
+    b, c, th, w = x.shape
+    return x.reshape(b, c, frames, th // frames, w).transpose(1, 2).reshape(b, frames * c, th // frames, w)
+
+
+def augment(x: torch.Tensor, spec: ViewSpec, gen: torch.Generator, frames: int = 1):
+    """One view of a float batch in [0, 1]: crop+flip, jitter, grayscale, blur, solarize. Clips
+    (``frames`` > 1): the crop (one affine map for all channels) and the blur (per channel, one sigma
+    per clip) act on the stacked frames; jitter, grayscale and solarisation on the clip folded into one
+    tall image (:func:`fold_frames`), so every draw is per clip and equal for its frames."""
     b, dev = x.shape[0], x.device
-    v, box, flip = random_resized_crop(x, spec.size, spec.scale, spec.ratio, spec.flip, gen)
+    v, box, flip = random_shift(x, spec.shift, spec.flip, gen) if spec.shift else \
+        random_resized_crop(x, spec.size, spec.scale, spec.ratio, spec.flip, gen)
     v = v.clamp_(0, 1)
+    if frames > 1:
+        v = fold_frames(v, frames)
     if spec.jitter_p > 0:
         v = color_jitter(v, spec.jitter, spec.jitter_p, gen)
     if spec.gray_p > 0 and v.shape[1] == 3:
         g = torch.rand(b, generator=gen, device=dev) < spec.gray_p
         v = torch.where(g.view(b, 1, 1, 1), _gray(v).expand_as(v), v)
     if spec.blur_p > 0:
-        v = gaussian_blur(v, spec.blur_p, spec.blur_sigma, gen)
+        v = gaussian_blur(unfold_frames(v, frames), spec.blur_p, spec.blur_sigma, gen) if frames > 1 else \
+            gaussian_blur(v, spec.blur_p, spec.blur_sigma, gen)
+        v = fold_frames(v, frames) if frames > 1 else v
     if spec.solarize_p > 0:
         s = torch.rand(b, generator=gen, device=dev) < spec.solarize_p
         v = torch.where(s.view(b, 1, 1, 1) & (v >= 0.5), 1 - v, v)
-    return v, box, flip
+    return (unfold_frames(v, frames) if frames > 1 else v), box, flip

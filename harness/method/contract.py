@@ -46,6 +46,7 @@ class DataInfo:
     num_classes: int
     mean: tuple[float, ...] = ()  # per-channel normalisation of the views (empty in checkpoints older than these fields)
     std: tuple[float, ...] = ()
+    frames: int = 1               # video clips: T frames stacked on the channel axis, channels // frames each
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised views back to [0, 1] pixel values (methods that work on colours: Lab, channel drop)."""
@@ -71,6 +72,7 @@ class StepInfo:
     progress: float               # fraction of the budget spent, in [0, 1]
     total_steps: int | None       # None for wall-clock budgets
     generator: torch.Generator    # seeded per step: use it for any randomness (masks, rotations)
+    phase: str = ""               # which optimiser this call trains, for a method with several (Method.optimizer_phases)
 
 
 @dataclass
@@ -101,6 +103,16 @@ class OptimDefaults:
 
 
 @dataclass
+class OptimPhase:
+    """One optimiser of a method's step (:meth:`Method.optimizer_phases`): its name (``StepInfo.phase``), its
+    parameter groups and, when it differs from the method's ``optim``, its own declared optimiser."""
+
+    name: str
+    groups: list[dict]
+    optim: OptimDefaults | None = None       # None: the method's ``optim`` (with the run's optim.* overrides)
+
+
+@dataclass
 class Requirements:
     """What a method needs of the backbone and the data, known before any data loads: shown by
     ``sslbench methods``; ``vit``, ``color`` and ``min_image_size`` are refused before training by
@@ -112,6 +124,9 @@ class Requirements:
     convnet: bool = False         # needs a convolutional backbone (a spatial feature map or conv patch embeddings), not a ViT
     backbone: str = ""            # needs this one backbone family by name (ConvMAE: "convvit"), when vit/convnet do not say it
     captions: bool = False        # learns from captions (data.captions: a file, or templated from labels); refused without them
+    clips: bool = False           # learns from video clips (a dataset with frames >= 2) and their optical flow (attach_clips)
+    domains: bool = False         # translates between two image domains (data.domains, or the unpaired layout); refused without them
+    any_channels: bool = False    # its views have no colour operations: any number of channels (Atari frame stacks: 4)
 
 
 class Method(nn.Module):
@@ -129,6 +144,9 @@ class Method(nn.Module):
     # True when some parameters get no gradient in some steps (BEiT's two stages): DDP is then built
     # with find_unused_parameters=True
     unused_parameters: ClassVar[bool] = False
+    # True when every view goes straight into the backbone (and heads on its pooled features), so the views
+    # may be made smaller early in training (views.resolution, progressive resizing; convnet backbones)
+    progressive_views: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, cfg: Any, info: DataInfo):
         super().__init__()
@@ -182,6 +200,18 @@ class Method(nn.Module):
     def attach_teacher(self, encoder: nn.Module, provenance: dict[str, str]) -> None:
         raise NotImplementedError(f"{type(self).__name__} names a teacher but cannot take one")
 
+    def attach_domains(self, domains: Any) -> None:
+        """The domain of every image (``harness.data.domains.Domains``: 0 = A, the source; 1 = B, the target),
+        before the first step and on every resume (data, not state), for a method whose ``requires.domains``
+        is True; its batches are then half A, half B (interleaved), each half in its own seeded order."""
+        raise NotImplementedError(f"{type(self).__name__} reads no domains")
+
+    def translator(self) -> nn.Module | None:
+        """For a method with a generator (image translation): a module mapping normalised source-domain images
+        (B, C, H, W) to normalised translated images of the same shape (the ``translation`` protocol, which
+        reports nothing for a method that returns None: the default)."""
+        return None
+
     def attach_captions(self, captions: Any) -> None:
         """The training split's captions (``harness.data.captions.Captions``), before the first step and
         on every resume (they are data, not state), for a method whose ``requires.captions`` is True."""
@@ -193,19 +223,43 @@ class Method(nn.Module):
         reports nothing for a method that returns None: the default)."""
         return None
 
+    def attach_clips(self, clips: Any) -> None:
+        """The training clips' modalities (``harness.data.video.ClipModalities``: the optical flow of every
+        training clip, indexed like the dataset), before the first step and on every resume (data, not
+        state), for a method whose ``requires.clips`` is True."""
+        raise NotImplementedError(f"{type(self).__name__} reads no clips")
+
+    @classmethod
+    def search_space(cls, cfg: Any) -> dict[str, tuple[float, float]]:
+        """The config fields an outer search may set (``sslbench evolve``: the loss weights), with their
+        bounds; empty (the default) for a method with nothing to search."""
+        return {}
+
     def resolved_params(self) -> dict[str, Any]:
         """Facts resolved at build time that change the result and are not in the config (e.g. a
         teacher checkpoint's sha256): logged as params, so they are part of the run's identity."""
         return {}
 
-    def param_groups(self) -> list[dict]:
-        """Optimiser parameter groups; default: everything trainable, no WD on biases/norms."""
+    def param_groups(self, *modules: nn.Module) -> list[dict]:
+        """Optimiser parameter groups; default: everything trainable (of ``modules`` when given: one phase's
+        share, :meth:`optimizer_phases`), no WD on biases/norms."""
         decay, no_decay = [], []
-        for p in self.parameters():
+        params = [p for m in modules for p in m.parameters()] if modules else self.parameters()
+        for p in params:
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim <= 1 else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+
+    def optimizer_phases(self) -> list[OptimPhase]:
+        """The optimisers of one training step, in order. Default: one, over :meth:`param_groups`. A method
+        with several (a GAN: the discriminator, then the generator) returns one :class:`OptimPhase` each;
+        every trainable parameter belongs to exactly one. Per step and phase the trainer zeroes every
+        gradient, calls :meth:`training_step` with ``step.phase`` set (the same batch, views and step
+        generator object), back-propagates that call's ``"loss"``, clips and steps that phase's optimiser;
+        ``on_step_end`` runs once, after the last phase. Each optimiser gets the run's ``optim.*`` overrides
+        and the LR schedule; all their states are in the checkpoint."""
+        return [OptimPhase("", self.param_groups())]
 
     # ---------------------------------------------------------------- helpers
     @classmethod
@@ -225,6 +279,9 @@ class Method(nn.Module):
         if r.color and info.channels != 3:
             raise ConfigError(f"method '{cls.name}' needs colour images; dataset '{info.name}' has {info.channels} channel(s); "
                               "choose a colour dataset such as cifar10")
+        if r.clips and info.frames < 2:
+            raise ConfigError(f"method '{cls.name}' learns from video clips; dataset '{info.name}' holds single images: "
+                              "choose a clip dataset (data.name=moving_fashion_mnist, clips or clipfolder)")
         if info.image_size < r.min_image_size:
             raise ConfigError(f"method '{cls.name}' needs images of at least {r.min_image_size} px; "
                               f"dataset '{info.name}' has {info.image_size} px")

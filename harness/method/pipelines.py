@@ -39,6 +39,7 @@ class TwoViewMethod(Method):
 
     Config: ClassVar[type] = TwoViewConfig
     optim = OptimDefaults("lars", base_lr=0.3, weight_decay=1e-6)   # SimCLR's
+    progressive_views = True      # both views go straight into the backbone (views.resolution may shrink them)
 
     def __init__(self, backbone, cfg, info):
         super().__init__(backbone, cfg, info)

@@ -63,3 +63,8 @@ def register_method(name: str, family: str, paper: str, venue: str = ""):
         return cls
 
     return deco
+
+
+def progressive_methods() -> list[str]:
+    """The registered methods that take progressive resizing (``views.resolution``)."""
+    return sorted(name for name in METHODS.names() if getattr(METHODS.get(name).cls, "progressive_views", False))

@@ -14,6 +14,16 @@ Small-image variants registered here:
   minute-scale CPU budgets.
 * ``convvit_mini`` / ``convvit_base``: ConvMAE's hybrid (convolution stages, then Transformer
   blocks; ``harness.models.hybrid``).
+* ``dqn_der`` / ``dqn_nature``: the conv torsos of data-efficient Rainbow (CURL's Atari encoder) and
+  of the Nature DQN, for stacked 84x84 Atari frames (``data.name=atari``), flattened, not pooled.
+* ``cut_encoder`` (64 base channels, 5 residual blocks: the first half of CUT's ``resnet_9blocks``
+  generator) / ``cut_encoder_small`` (16 channels, 3 blocks, for CPU budgets): the encoder of the
+  ResNet translation generator (``harness.models.translation``), averaged over a 4x4 grid of cells;
+  what CUT trains and the evaluator scores.
+* ``video_cnn`` (cnn4's widths) / ``video_cnn_small`` (16-32-64-128): video encoders for clips
+  (``harness.data.video``: (B, T*C, H, W)): cnn4 on every frame, a temporal convolution over the
+  frames' features, the mean over time (:class:`VideoCNN`). Built with the data's ``frames``; any
+  other backbone on clips sees the frames as channels (early fusion).
 """
 
 from __future__ import annotations
@@ -86,6 +96,23 @@ def convvit_base(in_chans: int = 3, img_size: int = 224) -> nn.Module:
     return ConvViT(in_chans, img_size, widths=(256, 384, 768), depths=(2, 2, 11), strides=(4, 2, 2), heads=12)
 
 
+@BACKBONES.register("cut_encoder")
+def cut_encoder(in_chans: int = 3, img_size: int = 256) -> nn.Module:
+    """CUT's G_enc: the ResNet generator's stem, two downsampling stages and 5 of its 9 residual blocks (256
+    channels, pooled over a 4x4 grid: 4096-d)."""
+    from harness.models.translation import ResnetEncoder
+
+    return ResnetEncoder(in_chans, ngf=64, n_blocks=5)
+
+
+@BACKBONES.register("cut_encoder_small")
+def cut_encoder_small(in_chans: int = 3, img_size: int = 32) -> nn.Module:
+    """G_enc at CPU scale: 16 base channels, 3 residual blocks (64 channels, pooled over a 4x4 grid: 1024-d)."""
+    from harness.models.translation import ResnetEncoder
+
+    return ResnetEncoder(in_chans, ngf=16, n_blocks=3)
+
+
 class ConvNet4(nn.Module):
     """Four conv-BN-ReLU blocks, each followed by 2x2 max-pool (the last by global average pool)."""
 
@@ -117,6 +144,93 @@ def cnn4_wide(in_chans: int = 3, img_size: int = 32) -> nn.Module:
     return ConvNet4(in_chans, (64, 128, 256, 512))
 
 
+class AtariConv(nn.Module):
+    """The convolutional torso of a DQN-family Atari agent on stacked 84x84 frames: conv-ReLU layers
+    without padding or pooling, flattened (so the features keep where things are on the screen)."""
+
+    def __init__(self, in_chans: int, img_size: int, layers: tuple[tuple[int, int, int], ...]):
+        super().__init__()
+        mods: list[nn.Module] = []
+        c = in_chans
+        for out, k, stride in layers:     # (channels, kernel, stride)
+            mods += [nn.Conv2d(c, out, k, stride=stride), nn.ReLU(inplace=True)]
+            c = out
+        self.features = nn.Sequential(*mods)
+        side = img_size
+        for _, k, stride in layers:
+            side = (side - k) // stride + 1
+        if side < 1:
+            raise ConfigError(f"the Atari conv encoder needs larger images than {img_size} px")
+        self.num_features = c * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+
+@BACKBONES.register("dqn_der")
+def dqn_der(in_chans: int = 4, img_size: int = 84) -> nn.Module:
+    """The encoder of data-efficient Rainbow (van Hasselt et al., 2019), CURL's Atari encoder: 32 5x5
+    stride-5 and 64 5x5 stride-5 convolutions, 576-d at 84 px."""
+    return AtariConv(in_chans, img_size, ((32, 5, 5), (64, 5, 5)))
+
+
+@BACKBONES.register("dqn_nature")
+def dqn_nature(in_chans: int = 4, img_size: int = 84) -> nn.Module:
+    """The Nature DQN encoder (Mnih et al., 2015): 32 8x8/4, 64 4x4/2, 64 3x3/1, 3136-d at 84 px."""
+    return AtariConv(in_chans, img_size, ((32, 8, 4), (64, 4, 2), (64, 3, 1)))
+
+
+class VideoCNN(nn.Module):
+    """A small (2+1)D video encoder: ``ConvNet4`` on each frame (shared weights; spatial), then a
+    residual temporal convolution (kernel 3, over the frames' pooled features) and the mean over time.
+    Input: clips (B, T*C, H, W), frames stacked on the channel axis in time order; output (B, D).
+    The temporal convolution makes the features depend on the frames' order (a per-frame network
+    averaged over time could not tell a clip from its shuffled or reversed frames)."""
+
+    def __init__(self, in_chans: int, frames: int, widths=(32, 64, 128, 256)):
+        super().__init__()
+        if frames < 1 or in_chans % frames:
+            raise ConfigError(f"a video backbone needs channels divisible by the {frames} frames, got {in_chans}")
+        self.frames, self.widths = frames, tuple(widths)
+        self.frame_net = ConvNet4(in_chans // frames, widths)
+        d = self.frame_net.num_features
+        self.temporal = nn.Sequential(nn.Conv1d(d, d, 3, padding=1, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True))
+        self.num_features = d
+
+    def reshaped(self, channels_per_frame: int, frames: int) -> "VideoCNN":
+        """A new encoder of the same widths for clips of ``frames`` frames of ``channels_per_frame``
+        channels (another modality: optical flow, grayscale), initialised afresh."""
+        return VideoCNN(channels_per_frame * frames, frames, self.widths)
+
+    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Clips (B, T*C, H, W) -> the frames' features after the temporal convolution (B, D, T)."""
+        b, tc, h, w = x.shape
+        f = self.frame_net(x.reshape(b * self.frames, tc // self.frames, h, w)).view(b, self.frames, -1).transpose(1, 2)
+        return f + self.temporal(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.frame_features(x).mean(dim=2)
+
+
+@BACKBONES.register("video_cnn")
+def video_cnn(in_chans: int = 24, img_size: int = 32, frames: int = 8) -> nn.Module:
+    """cnn4 (32-64-128-256) per frame + a temporal convolution: 256-d clip features."""
+    return VideoCNN(in_chans, frames, (32, 64, 128, 256))
+
+
+@BACKBONES.register("video_cnn_small")
+def video_cnn_small(in_chans: int = 24, img_size: int = 32, frames: int = 8) -> nn.Module:
+    """16-32-64-128 per frame + a temporal convolution: 128-d clip features (CPU minute-scale budgets)."""
+    return VideoCNN(in_chans, frames, (16, 32, 64, 128))
+
+
+VIDEO_BACKBONES = ("video_cnn", "video_cnn_small")   # their builders take the data's frames
+
+
+def is_video(model: nn.Module) -> bool:
+    return isinstance(model, VideoCNN)
+
+
 def is_vit(model: nn.Module) -> bool:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -144,9 +258,13 @@ def check_input_size(backbone: nn.Module, channels: int, size: int, what: str) -
         backbone.train(was)
 
 
-def build_backbone(name: str, in_chans: int, img_size: int) -> nn.Module:
-    """Our registry first, then any timm model name (random init, ``num_classes=0``)."""
-    if name in BACKBONES:
+def build_backbone(name: str, in_chans: int, img_size: int, frames: int = 1) -> nn.Module:
+    """Our registry first, then any timm model name (random init, ``num_classes=0``). ``frames``: clips
+    of that many frames stacked on the channel axis (a video backbone reads them as frames; any other
+    sees ``in_chans`` channels)."""
+    if name in VIDEO_BACKBONES:
+        model = BACKBONES.get(name)(in_chans=in_chans, img_size=img_size, frames=frames)
+    elif name in BACKBONES:
         model = BACKBONES.get(name)(in_chans=in_chans, img_size=img_size)
     else:
         timm = _timm()

@@ -88,12 +88,22 @@ class _ConvGemmWeightGrad(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+def geometry_key(geo: tuple[int, ...]) -> str:
+    """A convolution's geometry (c_in, c_out, kh, kw, stride_h, stride_w, pad_h, pad_w, h, w) as the key of a
+    measured kernel choice (``harness.models.autotune``)."""
+    ci, co, kh, kw, sh, sw, ph, pw, h, w = geo
+    return f"{ci}->{co} k{kh}x{kw} s{sh} p{ph} @{h}x{w}"
+
+
 class GemmWgradConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight gradient is the im2col GEMM when it runs on CPU under bf16 autocast
-    (or on bf16 tensors), channels-last, with grad enabled and ``C_in * C_out >= weight_per_position *
-    Ho * Wo``; the native convolution everywhere else."""
+    (or on bf16 tensors), channels-last, with grad enabled, and either (``wgrad_choices`` is None, the
+    size rule of ``train.conv_wgrad=gemm``) ``C_in * C_out >= weight_per_position * Ho * Wo``, or (a dict
+    from ``train.conv_wgrad=auto``'s timed trial, :mod:`harness.models.autotune`) the trial chose the GEMM
+    for this geometry; the native convolution everywhere else (a geometry the trial never saw included)."""
 
     weight_per_position = 1024
+    wgrad_choices: dict[str, str] | None = None     # per instance when measured: {geometry_key: "gemm" | "native"}
 
     def _eligible(self, x: torch.Tensor) -> bool:
         if x.device.type != "cpu" or x.dim() != 4 or not torch.is_grad_enabled() or not self.weight.requires_grad:
@@ -104,6 +114,9 @@ class GemmWgradConv2d(nn.Conv2d):
             (x.dtype == torch.bfloat16 and self.weight.dtype == torch.bfloat16)
         if not bf16 or not x.is_contiguous(memory_format=torch.channels_last):
             return False
+        if self.wgrad_choices is not None:
+            geo = (self.in_channels, self.out_channels, *self.kernel_size, *self.stride, *self.padding, x.shape[2], x.shape[3])
+            return self.wgrad_choices.get(geometry_key(geo)) == "gemm"
         ho = (x.shape[2] + 2 * self.padding[0] - self.kernel_size[0]) // self.stride[0] + 1
         wo = (x.shape[3] + 2 * self.padding[1] - self.kernel_size[1]) // self.stride[1] + 1
         return self.in_channels * self.out_channels >= self.weight_per_position * ho * wo
@@ -116,12 +129,15 @@ class GemmWgradConv2d(nn.Conv2d):
                                          self.stride, self.padding)
 
 
-def use_gemm_wgrad(model: nn.Module) -> int:
+def use_gemm_wgrad(model: nn.Module, choices: dict[str, str] | None = None) -> int:
     """Switch every plain ``nn.Conv2d`` of ``model`` to :class:`GemmWgradConv2d` in place (subclasses such
-    as timm's same-padding convs are left alone). Returns how many layers were switched."""
+    as timm's same-padding convs are left alone) and give every such layer ``choices`` (None: the size
+    rule; a dict: the measured choice per geometry). Returns how many layers use the GEMM path."""
     n = 0
     for m in model.modules():
         if type(m) is nn.Conv2d:
             m.__class__ = GemmWgradConv2d
+        if isinstance(m, GemmWgradConv2d):
+            m.wgrad_choices = None if choices is None else dict(choices)
             n += 1
     return n

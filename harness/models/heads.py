@@ -12,11 +12,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, bn: bool = True, last_bn: bool = False) -> nn.Sequential:
+def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, bn: bool = True, last_bn: bool = False,
+        ln: bool = False, last_ln: bool = False) -> nn.Sequential:
     """Projection/prediction MLP: (Linear-BN-ReLU) x (layers-1), then Linear (optionally BN).
 
     SimCLR: layers=2, last_bn=False (v1); SimCLR v2: layers=3; BYOL/SimSiam predictor:
     layers=2; MoCo v2: layers=2, bn=False; Barlow Twins / SimSiam projector: last_bn=True.
+    ``ln`` / ``last_ln``: a LayerNorm without affine parameters after the hidden / the last Linear
+    (CURL's Atari contrastive head: layers=2, bn=False, ln=True, last_ln=True).
     """
     mods: list[nn.Module] = []
     d = in_dim
@@ -24,11 +27,15 @@ def mlp(in_dim: int, hidden: int, out: int, layers: int = 2, bn: bool = True, la
         mods += [nn.Linear(d, hidden, bias=not bn)]
         if bn:
             mods.append(nn.BatchNorm1d(hidden))
+        if ln:
+            mods.append(nn.LayerNorm(hidden, elementwise_affine=False))
         mods.append(nn.ReLU(inplace=True))
         d = hidden
     mods.append(nn.Linear(d, out, bias=not last_bn))
     if last_bn:
         mods.append(nn.BatchNorm1d(out, affine=False))
+    if last_ln:
+        mods.append(nn.LayerNorm(out, elementwise_affine=False))
     return nn.Sequential(*mods)
 
 

@@ -1,20 +1,96 @@
-"""How a model runs fastest for training: memory format and convolution kernels, switched in place."""
+"""How a model runs fastest for training: memory format and convolution kernels, switched in place.
+
+``auto`` choices are made by measurement on the machine that runs them (:mod:`harness.models.autotune`):
+the GEMM weight gradient per convolution geometry and, for convnets on a CPU, the memory format;
+``on``/``off``/``gemm``/``native`` force them. A :class:`~harness.models.autotune.KernelPlan` says
+what was chosen and why; a plan saved with a checkpoint is applied as it is (a resumed run keeps the
+kernels its first attempt chose).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
+
 import torch
 
-from harness.models.conv_wgrad import use_gemm_wgrad
+from harness.models.autotune import ChoiceCache, KernelPlan, conv_geometries, measure_conv_wgrad, memory_format_trial
+from harness.models.conv_wgrad import GemmWgradConv2d, use_gemm_wgrad
+
+TRIAL_BATCH = 32      # the memory-format trial's batch: a short forward + backward, not the run's batch
+
+
+def apply_plan(model: torch.nn.Module, plan: KernelPlan) -> KernelPlan:
+    """Put ``model`` in the plan's memory format and give its convolutions the plan's weight-gradient kernels."""
+    model.to(memory_format=torch.channels_last if plan.channels_last else torch.contiguous_format)
+    if plan.mode == "gemm":
+        use_gemm_wgrad(model)
+    elif plan.mode == "measured":
+        use_gemm_wgrad(model, plan.conv_wgrad)
+    else:
+        for m in model.modules():
+            if isinstance(m, GemmWgradConv2d):
+                m.wgrad_choices = {}              # every geometry native
+    return plan
 
 
 def prepare_for_training(model: torch.nn.Module, convnet: bool, device: torch.device, precision: str,
-                         channels_last: str = "auto", conv_wgrad: str = "auto") -> bool:
-    """Memory format and conv kernels for training, in place: channels-last for convnets (``auto``), and
-    on CPU in bf16 the GEMM weight gradient for small-map convs (harness/models/conv_wgrad.py). Returns whether
-    the model is channels-last (its inputs must then be too)."""
-    cl = channels_last == "on" or (channels_last == "auto" and convnet)
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    if conv_wgrad == "gemm" or (conv_wgrad == "auto" and device.type == "cpu" and precision == "bf16" and cl):
-        use_gemm_wgrad(model)
-    return cl
+                         channels_last: str = "auto", conv_wgrad: str = "auto", *, trial_model: torch.nn.Module | None = None,
+                         channels: int = 3, sizes: tuple[int, ...] = (), batch: int = 0,
+                         plan: KernelPlan | None = None, cache: ChoiceCache | None = None) -> KernelPlan:
+    """Memory format and conv kernels for training, in place; returns the :class:`KernelPlan`.
+
+    ``plan`` (from a checkpoint) is applied as it is. Otherwise: channels-last ``on``/``off``, or ``auto``
+    (contiguous for non-convnets; on a GPU channels-last; on a CPU the faster of the two in a timed trial
+    of ``trial_model``, the backbone, at the run's view size). The GEMM weight gradient (CPU, bf16,
+    channels-last only): ``native``; ``gemm`` = the size rule of :mod:`harness.models.conv_wgrad`;
+    ``auto`` = measured per geometry of ``trial_model``'s convolutions on ``sizes`` at ``batch`` (the
+    per-process batch). Trials are cached per machine (:class:`ChoiceCache`). Without ``trial_model``
+    / ``sizes`` / ``batch`` (callers that cannot say), ``auto`` falls back to the rules: channels-last
+    for convnets, the size rule for the weight gradient."""
+    if plan is not None:
+        return apply_plan(model, plan)
+    t0 = time.perf_counter()
+    cache = cache or ChoiceCache()
+    cpu_bf16 = device.type == "cpu" and precision == "bf16"
+    can_measure = trial_model is not None and bool(sizes) and batch > 0 and device.type == "cpu"
+    if channels_last == "off" or (channels_last == "auto" and not convnet):
+        cl, cl_source = False, "rule"
+    elif channels_last == "on" or not can_measure:
+        cl, cl_source = True, "rule"
+    else:
+        cl, cl_source = None, "measured"            # decided below, after the weight-gradient kernels
+    mode, choices, timings, source = "native", {}, {}, "rule"
+    if cpu_bf16 and cl is not False and conv_wgrad == "gemm":
+        mode = "gemm"
+    elif cpu_bf16 and cl is not False and conv_wgrad == "auto":
+        if can_measure:
+            use_gemm_wgrad(trial_model)             # the trial needs the layers' geometry hooks
+            choices, timings, _, source = measure_conv_wgrad(trial_model, channels, list(sizes), batch, cache)
+            mode = "measured"
+        else:
+            mode = "gemm"
+    plan = KernelPlan(channels_last=bool(cl), conv_wgrad=choices, mode=mode, timings=timings, source=source)
+    apply_plan(model, plan)
+    if cl is None:                                   # channels-last vs contiguous, timed with the kernels above
+        size = max(sizes)
+        geo = repr(conv_geometries(trial_model, channels, [size])) + repr(sorted(choices.items()))
+        key = f"memfmt {precision} b{min(batch, TRIAL_BATCH)} @{size} {hashlib.sha1(geo.encode()).hexdigest()[:12]}"
+        res = cache.get(key)
+        if res is None:
+            try:
+                res = memory_format_trial(trial_model, channels, size, min(batch, TRIAL_BATCH), precision == "bf16")
+                cache.put(key, res)
+                cl_source = "measured"
+            except (RuntimeError, ValueError, AssertionError):   # the backbone does not take this input alone
+                res, cl_source = {"choice": "on", "note": "no trial: the backbone alone did not take the views"}, "rule"
+        else:
+            cl_source = "cache"
+        plan.channels_last = res["choice"] == "on"
+        plan.timings["memory_format"] = res
+        if not plan.channels_last and plan.mode == "measured":
+            plan.mode, plan.conv_wgrad = "native", {}   # the GEMM path needs channels-last inputs
+        apply_plan(model, plan)
+    plan.source = "measured" if "measured" in (source, cl_source) else ("cache" if "cache" in (source, cl_source) else "rule")
+    plan.trial_seconds = time.perf_counter() - t0
+    return plan

@@ -61,7 +61,9 @@ def ci95(values) -> tuple[float, float, int]:
 
 # not protocol settings: the seed; the zero-shot class names, which follow from the dataset (a table key
 # already) and are logged only by methods with a text tower, so they must not split a table from its floor
-DERIVED_KNOBS = ("params.eval/seed", "params.eval/zero_shot_class_names")
+# knobs that do not change a number: the seed (own column), the class names (from the dataset), and the
+# kNN search backend (torch and FAISS flat are both exact; auto picks the faster on each machine)
+DERIVED_KNOBS = ("params.eval/seed", "params.eval/zero_shot_class_names", "params.eval/knn_backend")
 
 
 def _protocol_key(row: pd.Series) -> str:

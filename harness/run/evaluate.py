@@ -36,19 +36,40 @@ def eval_params(cfg: RunConfig) -> dict[str, Any]:
     return {f"eval.{k}": v for k, v in flatten(cfg.eval).items()}
 
 
+EVAL_ARTIFACTS = "eval_artifacts"   # a run folder's sub-folder for the files protocols write (the translation grid)
+
+
+def artifact_folder(method, folder: Path) -> Path | None:
+    """Where an evaluation of ``method`` writes its files: ``folder/eval_artifacts`` for a method whose
+    protocols write any (a generator's translation grid), emptied first; None otherwise."""
+    if method.translator() is None:
+        return None
+    out = folder / EVAL_ARTIFACTS
+    if out.is_dir():
+        for f in out.iterdir():
+            if f.is_file():
+                f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def evaluate_encoder(encoder: torch.nn.Module, ds: ImageDataset, cfg: RunConfig, device: torch.device,
-                     projector: torch.nn.Module | None = None, zero_shot=None) -> dict[str, float]:
+                     projector: torch.nn.Module | None = None, zero_shot=None, translator=None,
+                     artifact_dir: Path | None = None) -> dict[str, float]:
     """Score ``encoder`` (or what ``eval.features`` reads from it, or ``projector``) with the shared evaluator;
-    ``zero_shot`` is the method's ``zero_shot_classifier`` hook (the ``zero_shot`` protocol)."""
+    ``zero_shot`` is the method's ``zero_shot_classifier`` hook (the ``zero_shot`` protocol), ``translator``
+    its ``translator`` hook (the ``translation`` protocol, whose grid goes to ``artifact_dir``)."""
     cache = Path(cfg.out_dir) / "feature-cache"
     module = scored_encoder(encoder, projector, cfg.eval.features)
     steps, bs = finetune_budget(cfg.eval, cfg.budget.kind, cfg.budget.value)   # the pretraining budget's class
     ecfg = dataclasses.replace(cfg.eval, finetune_steps=steps, finetune_batch_size=bs)
     return evaluate(module, ds, ecfg, device=device, cache_dir=cache, seed=cfg.seed, progress=cfg.train.progress,
-                    zero_shot=zero_shot)
+                    zero_shot=zero_shot, translator=translator, artifact_dir=artifact_dir)
 
 
-def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None:
+def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig, artifact_dir: Path | None = None) -> None:
+    """The evaluation's metrics, knobs (params) and report; with ``artifact_dir``, the files the protocols
+    wrote there as artifacts (best effort: a failure is one warning line and the tag sslbench.artifact_error)."""
     def is_knob(k: str, v) -> bool:
         return k.startswith("eval/") and not k.startswith("eval/time/") or not isinstance(v, (int, float))
 
@@ -57,6 +78,9 @@ def log_eval(run: TrackedRun, metrics: dict[str, float], cfg: RunConfig) -> None
     run.log_metrics(scalars)
     run.log_params(knobs)
     run.log_dict({"metrics": scalars, "protocol": {**knobs, **eval_params(cfg)}}, "eval_report.json")
+    files = sorted(f for f in artifact_dir.iterdir() if f.is_file()) if artifact_dir and artifact_dir.is_dir() else []
+    for what, reason in run.try_log_artifacts(files).items():
+        log(f"warning: {what} was not logged to the tracking store ({reason}); it is in {artifact_dir}")
 
 
 def evaluation_config(ckpt_cfg: RunConfig, user: RunConfig, explicit: set[str]) -> RunConfig:
@@ -108,7 +132,9 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
     # the record beside the checkpoint, unless the user sends this evaluation to another experiment
     run_id = _recorded_run_id(p.parent / "run.json") if cfg.tracking.experiment == tcfg.tracking.experiment else None
     encoder = method.encoder().to(device)
-    metrics = evaluate_encoder(encoder, ds, cfg, device, method.projector(), zero_shot=method.zero_shot_classifier)
+    artifacts = artifact_folder(method, run_dir(cfg, ds))
+    metrics = evaluate_encoder(encoder, ds, cfg, device, method.projector(), zero_shot=method.zero_shot_classifier,
+                               translator=method.translator, artifact_dir=artifacts)
     params = {**flatten(cfg), "data.fingerprint": ds.fingerprint(),
               **method_config_params(method)}
     knobs = {k: v for k, v in metrics.items() if k.startswith("eval/") and not k.startswith("eval/time/")
@@ -130,7 +156,7 @@ def evaluate_target(target: str, cfg: RunConfig, dataset: ImageDataset | None = 
                          tags=run_tags(cfg, device.type, ds))
     with recorded(run):
         run.set_tags(dict(zip(("sslbench.config_id", "sslbench.identity"), run_identity(run.params()))))
-        log_eval(run, metrics, cfg)
+        log_eval(run, metrics, cfg, artifacts)
         run.end("FINISHED")
     return {"run_id": run.run_id, "metrics": metrics}
 
@@ -154,7 +180,7 @@ def random_init(cfg: RunConfig, backbone: str, dataset: ImageDataset | None = No
     ds = dataset or load_dataset(cfg.data)
     name = run_name(cfg, ds)
     torch.manual_seed(cfg.seed)
-    encoder = build_backbone(backbone, ds.channels, ds.image_size).to(device)   # an unknown name fails before any write
+    encoder = build_backbone(backbone, ds.channels, ds.image_size, frames=ds.frames).to(device)   # an unknown name fails before any write
     scored_encoder(encoder, None, cfg.eval.features)                           # so does a feature kind it cannot give
     try:
         with RunDir(run_dir(cfg, ds)) as folder:

@@ -199,7 +199,8 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> dict[str, A
         if why:
             warnings.append(f"timm cannot rebuild {cfg.backbone} from the exported file ({why}); "
                             "encoder.json gives the build_backbone recipe instead")
-        own = build_backbone(cfg.backbone, in_chans, size)
+        frames = int(info.get("frames", 1))                 # clips: a video backbone is built for its frames
+        own = build_backbone(cfg.backbone, in_chans, size, frames=frames)
         own.load_state_dict(tensors)
         same, diff = _same_features(own, backbone, in_chans, size)
         if not same:
@@ -208,11 +209,13 @@ def export(checkpoint: str | Path, out: str | Path | None = None) -> dict[str, A
         doc = _first_line(BACKBONES.get(cfg.backbone)) if cfg.backbone in BACKBONES else ""
         card["architecture"] = "sslbench"
         card["sslbench"] = {"builder": "harness.models.backbones.build_backbone",
-                            "args": [cfg.backbone, in_chans, size], **({"about": doc} if doc else {}),
+                            "args": [cfg.backbone, in_chans, size, *([frames] if frames != 1 else [])],
+                            **({"about": doc} if doc else {}),
                             "verified": f"build_backbone + load_state_dict gives the exported features (max |diff| {diff:.1e})"}
         card["load"] = (f"{cfg.backbone} is sslbench's own architecture (timm cannot create it): "
                         f"import torch; from harness.models.backbones import build_backbone; "
-                        f"model = build_backbone({cfg.backbone!r}, {in_chans}, {size}); "
+                        f"model = build_backbone({cfg.backbone!r}, {in_chans}, {size}"
+                        f"{f', frames={frames}' if frames != 1 else ''}); "
                         f"model.load_state_dict(torch.load({str(weights_path)!r}, weights_only=True))")
     _write(out_dir / CARD, lambda f: f.write((json.dumps(card, indent=2) + "\n").encode()))
     for w in warnings:

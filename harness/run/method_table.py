@@ -66,6 +66,10 @@ def needs(cls: type) -> str:
         parts.append(f">={r.min_image_size} px")
     if getattr(r, "captions", False):
         parts.append("captions")
+    if getattr(r, "domains", False):
+        parts.append("two domains")
+    if getattr(r, "clips", False):
+        parts.append("video clips")
     if getattr(cls, "uses_labels", False):
         parts.append("labels")
     return "; ".join(parts) or "any"
@@ -82,10 +86,19 @@ def _needs_long(cls: type) -> list[str]:
         bb = "a convolutional backbone (cnn4, cnn4_wide, resnet18_cifar, resnet50_cifar, a timm ResNet), not a ViT"
     else:
         bb = "any backbone (convnet or ViT)"
-    out = [bb, "colour images (3 channels): grayscale datasets are refused" if r.color else "1- or 3-channel images",
+    channels = "colour images (3 channels): grayscale datasets are refused" if r.color else \
+        "any number of channels (no colour augmentation; Atari frame stacks: 4)" if getattr(r, "any_channels", False) \
+        else "1- or 3-channel images"
+    out = [bb, channels,
            f"images of at least {r.min_image_size} px" if r.min_image_size else "any image size"]
     if getattr(r, "captions", False):
         out.append("captions (data.captions: a CSV/JSONL file, or templated from the class labels: then label-using)")
+    if getattr(r, "domains", False):
+        out.append("two image domains (data.domains=[A,B] of a labelled dataset: then label-using; or "
+                   "data.name=unpaired: trainA/ trainB/ testA/ testB/ folders)")
+    if getattr(r, "clips", False):
+        out.append("video clips (data.name=moving_fashion_mnist, clips or clipfolder); their optical flow is computed "
+                   "once (OpenCV Farnebäck) and cached")
     if getattr(cls, "uses_labels", False):
         out.append("class labels (a baseline, not self-supervised)")
     return out

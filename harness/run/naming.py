@@ -12,6 +12,7 @@ from harness.core.config import flatten
 from harness.core.errors import SSLBenchError
 from harness.core.identity import identity
 from harness.data.captions import uses_labels as captions_use_labels
+from harness.data.domains import uses_labels as domains_use_labels
 from harness.method.registry import METHODS
 from harness.tracking.provenance import environment_tags
 from harness.train.config import RunConfig
@@ -42,12 +43,14 @@ LABELS_TAG = "sslbench.uses_labels"   # "true" on runs that train on class label
 
 def uses_labels(cfg: RunConfig) -> bool:
     """Whether a run trains on class labels, resolved per run: its method reads them (the supervised
-    baseline), or its captions are templated from them (``data.captions=templated``)."""
+    baseline), its captions are templated from them (``data.captions=templated``), or its training images
+    were selected by them (``data.domains`` on a labelled dataset: two image domains from class labels)."""
     if cfg.method not in METHODS:    # random_init trains nothing
         return False
     cls = METHODS.get(cfg.method).cls
     return bool(getattr(cls, "uses_labels", False)) or \
-        bool(getattr(cls.requires, "captions", False)) and captions_use_labels(cfg.data)
+        bool(getattr(cls.requires, "captions", False)) and captions_use_labels(cfg.data) or \
+        domains_use_labels(cfg.data)
 
 
 def run_tags(cfg: RunConfig, device: str, dataset=None) -> dict[str, str]:

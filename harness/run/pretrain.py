@@ -23,7 +23,7 @@ from harness.core.errors import ConfigError
 from harness.core.identity import identity as run_identity
 from harness.data.dataset import ImageDataset
 from harness.data.sources import load_dataset
-from harness.run.evaluate import evaluate_encoder, evaluate_target, log_eval
+from harness.run.evaluate import artifact_folder, evaluate_encoder, evaluate_target, log_eval
 from harness.run.lifecycle import RunBusy, RunDir, ensure_dir, recorded
 from harness.run.naming import dataset_label, log, read_state, run_dir, run_name, run_tags, write_json_atomic
 from harness.run.plugins import get_method
@@ -129,7 +129,7 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
         config_id, identity = run_identity(params)
         run = TrackedRun(cfg.tracking.experiment, name, cfg.tracking.uri, run_id=state.get("run_id"), params=params,
                          tags=run_tags(cfg, device.type, ds) if not state.get("run_id") else None)
-        run.set_tags({"sslbench.config_id": config_id, "sslbench.identity": identity,
+        run.set_tags({"sslbench.config_id": config_id, "sslbench.identity": identity, "sslbench.kernels": trainer.kernel_tag(),
                       "checkpoint": str((folder / "checkpoint.pt").resolve())})
         unlogged = folder / UNLOGGED
         if resume:   # what an attempt kept while the store was away arrives before anything new
@@ -162,9 +162,11 @@ def _train(cfg: RunConfig, ds: ImageDataset, trainer: Trainer, name: str, device
             log(f"{cfg.method}: {note}")
         metrics: dict[str, float] = {}
         if evaluate:
+            artifacts = artifact_folder(trainer.method, folder)
             metrics = evaluate_encoder(trainer.method.encoder(), ds, cfg, device, trainer.method.projector(),
-                                       zero_shot=trainer.method.zero_shot_classifier)
-            log_eval(run, metrics, cfg)
+                                       zero_shot=trainer.method.zero_shot_classifier,
+                                       translator=trainer.method.translator, artifact_dir=artifacts)
+            log_eval(run, metrics, cfg, artifacts)
         run.end("FINISHED")
     state.update({"evaluated": evaluate, "checkpoint": str(result.checkpoint), "metrics": metrics})
     write_json_atomic(state_path, state)

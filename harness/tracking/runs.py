@@ -18,6 +18,7 @@ from harness.tracking.store import client, experiment_id
 
 KIND_TAG = "sslbench.kind"      # a run that holds files, not results (a leaderboard export): never a row nor RUNNING
 LEADERBOARD_KIND = "leaderboard"
+PARENT_TAG = "mlflow.parentRunId"   # MLflow's nesting: a child run (a search's trial) under its parent run
 
 
 def one_line(e: BaseException) -> str:
@@ -40,6 +41,15 @@ def recorded_params(uri: str | None, run_id: str) -> dict[str, str] | None:
 def conflicts(existing: dict[str, str], params: dict[str, Any]) -> list[str]:
     """Keys of ``params`` a run already holds with another value (MLflow params are immutable)."""
     return sorted(k for k, v in params.items() if k in existing and existing[k] != param_text(v))
+
+
+def tag_run(uri: str | None, run_id: str, tags: dict[str, str]) -> None:
+    """Add ``tags`` to a recorded run without reopening it (its status stays as it is)."""
+    from mlflow.entities import RunTag
+
+    cl, _ = client(uri)
+    with protected():
+        cl.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def owner_tags() -> dict[str, str]:

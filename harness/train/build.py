@@ -21,7 +21,7 @@ from harness.train.config import RunConfig, from_dict
 
 def data_info(ds: ImageDataset) -> DataInfo:
     return DataInfo(ds.name, ds.channels, ds.image_size, len(ds.x_train), ds.num_classes,
-                    tuple(float(v) for v in ds.mean), tuple(float(v) for v in ds.std))
+                    tuple(float(v) for v in ds.mean), tuple(float(v) for v in ds.std), frames=ds.frames)
 
 
 def build_method(cfg: RunConfig, info: DataInfo, with_teacher: bool = True) -> Method:
@@ -29,7 +29,7 @@ def build_method(cfg: RunConfig, info: DataInfo, with_teacher: bool = True) -> M
     (``with_teacher=False`` when only the trained weights are needed: evaluation of a checkpoint)."""
     entry = METHODS.get(cfg.method)
     mcfg = entry.cls.make_config(cfg.method_cfg)
-    backbone = build_backbone(cfg.backbone, info.channels, info.image_size)
+    backbone = build_backbone(cfg.backbone, info.channels, info.image_size, frames=info.frames)
     entry.cls.check_requirements(backbone, info, cfg.backbone)
     method = entry.cls(backbone, mcfg, info)
     ref = method.teacher_reference() if with_teacher else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,13 @@ from harness.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from harness.core.schedules import warmup_cosine
 from harness.data.captions import captions_for
 from harness.data.dataset import ImageDataset, batch_indices
+from harness.data.domains import check_domain_batch, domain_batch_indices, domains_for
 from harness.data.store import is_streamed, iter_batches
-from harness.method.contract import Batch, StepInfo
-from harness.models.backbones import is_convnet
-from harness.models.conv_wgrad import GemmWgradConv2d
+from harness.data.video import clip_modalities
+from harness.method.contract import Batch, OptimPhase, StepInfo
+from harness.method.registry import progressive_methods
+from harness.models.autotune import KernelPlan
+from harness.models.backbones import is_convnet, is_vit
 from harness.models.kernels import prepare_for_training
 from harness.train.budget import steps_per_epoch, total_steps
 from harness.train.build import build_method, data_info, load_weights, method_config_params, read_checkpoint, trajectory_diff
@@ -56,8 +60,41 @@ class TrainResult:
 CURVE_POINTS = 200   # train/* points logged per run (at most one per step)
 
 
+def compile_step(model: torch.nn.Module) -> torch.nn.Module:
+    """``train.compile``: the training step (the method's forward) through ``torch.compile`` (inductor). A
+    graph that cannot compile runs eagerly (dynamo's own fallback), said in one warning line; the method's
+    parameters and state dict are the method's own, so checkpoints are the same either way."""
+    import torch._dynamo as dynamo
+
+    dynamo.config.suppress_errors = True      # a failed compile falls back to eager instead of failing the run
+    print("sslbench: train.compile=true: the training step is compiled on its first steps (inductor); a part "
+          "that cannot compile runs eagerly", file=sys.stderr)
+    return torch.compile(model)
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**62)
+
+
+def _check_phases(method, phases: list[OptimPhase]) -> list[OptimPhase]:
+    """A method's optimiser phases: at least one, distinct names, every trainable parameter in exactly one."""
+    names = [ph.name for ph in phases]
+    if not phases or len(set(names)) != len(names) or (len(phases) > 1 and not all(names)):
+        raise ValueError(f"{type(method).__name__}.optimizer_phases() must name one phase per optimiser, "
+                         f"distinct and non-empty when there are several; got {names}")
+    owner: dict[int, str] = {}
+    for ph in phases:
+        for g in ph.groups:
+            for q in g["params"]:
+                if id(q) in owner:
+                    raise ValueError(f"{type(method).__name__}: a parameter is in optimiser phases "
+                                     f"'{owner[id(q)]}' and '{ph.name}'; each belongs to one")
+                owner[id(q)] = ph.name
+    if len(phases) > 1:
+        left = [n for n, q in method.named_parameters() if q.requires_grad and id(q) not in owner]
+        if left:
+            raise ValueError(f"{type(method).__name__}: trainable parameters in no optimiser phase: {left[:3]}")
+    return phases
 
 
 class Trainer:
@@ -83,10 +120,27 @@ class Trainer:
         captions = captions_for(cfg.method, type(self.method).requires.captions, cfg.data, dataset)
         if captions is not None:                 # data (re-read on resume); the tokenizer is the method's state
             self.method.attach_captions(captions)
-        self.recipe = self.method.view_recipe(self.info).with_background(cfg.views)   # views.* options
+        # two image domains (translation): data handed over on every start and resume; batches half A, half B
+        self.domains = domains_for(cfg.method, type(self.method).requires.domains, cfg.data, dataset)
+        if self.domains is not None:
+            check_domain_batch(self.domains, cfg.optim.batch_size, self.world)
+            self.method.attach_domains(self.domains)
+        if type(self.method).requires.clips:     # the clips' optical flow: data (computed once, cached), not state
+            self.method.attach_clips(clip_modalities(dataset, Path(cfg.out_dir) / "flow-cache"))
+        self.recipe = (self.method.view_recipe(self.info).with_background(cfg.views)   # views.* options
+                       .with_frames(self.info.frames))                                # clips: per-clip draws
         self.recipe.check(self.info.channels, self.info.image_size, cfg.method)
-        self.channels_last = prepare_for_training(self.method, is_convnet(self.method.backbone), self.device,
-                                                  self.precision, cfg.train.channels_last, cfg.train.conv_wgrad)
+        if cfg.views.resolution:                 # progressive resizing (views.resolution)
+            if not type(self.method).progressive_views or is_vit(self.method.backbone):
+                raise ConfigError(f"views.resolution (progressive resizing) needs a method whose views go straight "
+                                  f"into a convnet backbone; '{cfg.method}' on '{cfg.backbone}' is not one (methods "
+                                  f"that take it: {', '.join(progressive_methods())})")
+            if max(cfg.views.resolution) > self.info.image_size:
+                raise ConfigError(f"views.resolution={list(cfg.views.resolution)} goes above the images' "
+                                  f"{self.info.image_size} px; end at {self.info.image_size}")
+        self.recipe.with_resolution(cfg.views.resolution, self.info.image_size)
+        self.kernels = self._prepare_kernels()
+        self.channels_last = self.kernels.channels_last
         self.model = self.method
         if dist.is_distributed():
             if type(self.method).global_bn and self.world > 1:
@@ -94,10 +148,17 @@ class Trainer:
 
             self.model = DDP(self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              find_unused_parameters=type(self.method).unused_parameters)
-        # the method's declared optimiser (its paper's) unless a preset or override says otherwise
+        if cfg.train.compile:
+            self.model = compile_step(self.model)
+        # the method's declared optimiser (its paper's) unless a preset or override says otherwise; a method
+        # with several (a GAN's discriminator and generator) declares one phase per optimiser, stepped in order
         self.optim = effective_optim(type(self.method).optim, cfg.optim)
         self.base_lr = self.optim.lr
-        self.optimizer = build_optimizer(self.optim, self.method.param_groups())
+        self.phases = _check_phases(self.method, self.method.optimizer_phases())
+        self.phase_optims = [effective_optim(ph.optim, cfg.optim) if ph.optim is not None else self.optim
+                             for ph in self.phases]
+        self.optimizers = [build_optimizer(o, ph.groups) for o, ph in zip(self.phase_optims, self.phases)]
+        self.optimizer = self.optimizers[0]       # the one optimiser of a single-phase method
         self.total = total_steps(cfg, len(dataset.x_train))
         self.flops_per_step: float | None = None   # flops budgets: measured on the first step
         self.step = 0
@@ -108,12 +169,42 @@ class Trainer:
         self._restored: bool | None = None
         self._batches = None       # the training batches of a fit in progress (closed when it ends)
 
+    def _prepare_kernels(self, plan: KernelPlan | None = None) -> KernelPlan:
+        """Memory format and conv kernels (``train.channels_last`` / ``train.conv_wgrad``; ``auto`` = a timed
+        trial on this run's view sizes and per-process batch, cached per machine: harness.models.autotune).
+        Under DDP every process applies the main process's choice (one set of kernels, one result)."""
+        cfg = self.cfg
+        if plan is None and dist.is_distributed() and not dist.is_main():
+            plan = KernelPlan.from_state(dist.broadcast_object(None))
+        plan = prepare_for_training(self.method, is_convnet(self.method.backbone), self.device, self.precision,
+                                    cfg.train.channels_last, cfg.train.conv_wgrad, trial_model=self.method.backbone,
+                                    channels=self.info.channels, sizes=tuple(self.recipe.sizes()),
+                                    batch=cfg.optim.batch_size // self.world, plan=plan)
+        if plan.source != "checkpoint" and dist.is_distributed() and dist.is_main():
+            dist.broadcast_object(plan.to_state())
+        if plan.source == "measured" and dist.is_main():
+            print(f"sslbench: kernels measured on this CPU in {plan.trial_seconds:.1f} s (not counted in the budget; cached "
+                  f"for this machine): conv weight gradient {plan.summary()}, channels-last {plan.channels_last}",
+                  file=sys.stderr)
+        return plan
+
+    def kernel_tag(self) -> str:
+        """The ``sslbench.kernels`` tag: what was chosen, how (measured now, from the machine's cache, the
+        checkpoint, or a rule), the trial's seconds (not counted in a seconds budget) and its timings."""
+        k = self.kernels
+        text = {"channels_last": k.channels_last, "conv_wgrad": k.summary(), "source": k.source,
+                "trial_s": round(k.trial_seconds, 2), "timings": k.timings}
+        return json.dumps(text, sort_keys=True)[:5000]
+
     # ------------------------------------------------------------------ state
     def state_dict(self, finished: bool) -> dict[str, Any]:
         return {
             "format": ckpt.FORMAT_VERSION,
+            "kernels": self.kernels.to_state(),
             "model": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            # one optimiser: its state; several: {phase name: state}
+            "optimizer": self.optimizer.state_dict() if len(self.optimizers) == 1 else
+            {ph.name: o.state_dict() for ph, o in zip(self.phases, self.optimizers)},
             "step": self.step,
             "elapsed": self.elapsed,
             "finished": finished,
@@ -140,10 +231,21 @@ class Trainer:
             raise CheckpointError(f"cannot resume: {path} was trained on other data ({saved.get('channels')} channels, "
                                   f"{saved.get('image_size')} px, {saved.get('num_train')} images; this dataset: "
                                   f"{now['channels']}, {now['image_size']} px, {now['num_train']}); rerun without --resume")
+        if "kernels" in state:      # the kernels the first attempt chose (they differ by bf16 rounding only)
+            self.kernels = self._prepare_kernels(KernelPlan.from_state(state["kernels"]))
+            self.channels_last = self.kernels.channels_last
         load_weights(self.method, state, path)
         try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as e:
+            if len(self.optimizers) == 1:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:
+                saved_phases = sorted(state["optimizer"]) if isinstance(state["optimizer"], dict) else []
+                if saved_phases != sorted(ph.name for ph in self.phases):
+                    raise ValueError(f"optimiser phases {saved_phases or 'none'}, this method has "
+                                     f"{sorted(ph.name for ph in self.phases)}")
+                for ph, o in zip(self.phases, self.optimizers):
+                    o.load_state_dict(state["optimizer"][ph.name])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
             raise CheckpointError(f"cannot resume: {path} holds another optimiser's state ({str(e)[:120]}); "
                                   "rerun without --resume") from None
         self.step = int(state["step"])
@@ -165,11 +267,15 @@ class Trainer:
     def run_params(self) -> dict[str, Any]:
         """What the run resolved at start, as params: the method's full config, the optimiser it got,
         device / precision / kernels, and the dataset's content fingerprint (the run's identity uses them)."""
-        gemm = any(isinstance(m, GemmWgradConv2d) for m in self.method.modules())
-        out = {**method_config_params(self.method), **self.method.resolved_params(), **self.optim.params(),
+        own = {f"optim.effective.{ph.name}.{k.split('.')[-1]}": v for ph, o in zip(self.phases, self.phase_optims)
+               if ph.optim is not None for k, v in o.params().items()}   # phases with their own optimiser
+        out = {**method_config_params(self.method), **self.method.resolved_params(), **self.optim.params(), **own,
                "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
-               "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": "gemm" if gemm else "native",
+               "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": self.kernels.summary(),
                "data.fingerprint": self.ds.fingerprint()}
+        if self.domains is not None:              # two image domains: how they were chosen (classes = label-using)
+            out.update({"domains.mode": self.domains.mode, "domains.A": self.domains.names[0],
+                        "domains.B": self.domains.names[1]})
         if self.cfg.budget.kind == "seconds":     # what a second buys is the hardware's: part of the identity
             out["train.resolved.hardware"] = hardware(self.device, dist.world_size())
         return out
@@ -233,6 +339,8 @@ class Trainer:
         spe = steps_per_epoch(n, cfg.optim.batch_size, cfg.train.max_steps_per_epoch)
 
         def step_indices(step: int) -> torch.Tensor:   # the batch of step `step`: a pure function of the step
+            if self.domains is not None:               # two domains: half A, half B, interleaved
+                return domain_batch_indices(self.domains, cfg.optim.batch_size, step, cfg.seed)
             epoch, i = divmod(step, spe)
             return batch_indices(n, cfg.optim.batch_size, epoch * max(1, n // cfg.optim.batch_size) + i, cfg.seed)
 
@@ -243,9 +351,10 @@ class Trainer:
             t0 = time.perf_counter()
             p = self.progress()
             lr_factor = warmup_cosine(p, cfg.optim.warmup, 1.0, 0.0)
-            for g in self.optimizer.param_groups:
-                # a group flagged fixed_lr keeps its base LR: no warm-up, no decay (SimSiam's predictor)
-                g["lr"] = self.base_lr * (1.0 if g.get("fixed_lr") else lr_factor) * g.get("base_lr_scale", 1.0)
+            for opt, resolved in zip(self.optimizers, self.phase_optims):
+                for g in opt.param_groups:
+                    # a group flagged fixed_lr keeps its base LR: no warm-up, no decay (SimSiam's predictor)
+                    g["lr"] = resolved.lr * (1.0 if g.get("fixed_lr") else lr_factor) * g.get("base_lr_scale", 1.0)
             # views come from one generator shared by every process: each process augments the whole
             # global batch and keeps its slice, so N processes see exactly the views one process would
             # (augmenting is ~0.4% of a step); torch's global RNG (dropout, drop-path) stays per process
@@ -253,40 +362,53 @@ class Trainer:
             gen = torch.Generator(device=self.device).manual_seed(_step_seed(cfg.seed, self.step, 0))
             idx, x = next(self._batches)
             x = x.to(self.device, non_blocking=True)
-            views = self.recipe(x, gen, self.ds.mean, self.ds.std)
+            views = self.recipe.at(p)(x, gen, self.ds.mean, self.ds.std)   # at(p): progressive resizing
             if self.world > 1:
                 lo, hi = rank * bs_local, (rank + 1) * bs_local
                 idx, views = idx[lo:hi], views.slice(lo, hi)
             if self.channels_last:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
-            info = StepInfo(self.step, p, self.total, gen)
             counter = None
             if cfg.budget.kind == "flops" and self.flops_per_step is None:
-                counter = FlopCounterMode(display=False)  # counts this step's forward and backward
+                counter = FlopCounterMode(display=False)  # counts this step's forward and backward passes
                 counter.__enter__()
-            with amp:
-                labels = self.ds.y_train[idx].to(self.device) if self.uses_labels else None
-                out = self.model(Batch(views, idx.to(self.device), labels), info)
-            loss = out["loss"]
-            # the global batch's loss (the mean over processes: losses are means over each process's
-            # share); every process sees the same value, so all stop together on a NaN
-            global_loss = dist.all_reduce_mean(loss.detach().float()) if self.world > 1 else loss.detach()
-            if not torch.isfinite(global_loss):
-                raise TrainingDiverged(
-                    f"loss became {global_loss.item()} at step {self.step} ({cfg.method}, lr {self.base_lr * lr_factor:.3g}); "
-                    "the run is marked FAILED: lower optim.lr, set optim.grad_clip, or use train.precision=fp32"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if counter is not None:
-                counter.__exit__(None, None, None)
-                self._set_flops_per_step(float(counter.get_total_flops()) * self.world)
-                bar.close()
-                bar = self._bar()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.method.parameters(), cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.method.on_step_end(info)
+            labels = self.ds.y_train[idx].to(self.device) if self.uses_labels else None
+            batch = Batch(views, idx.to(self.device), labels)
+            out: dict[str, Any] = {}
+            step_loss = None
+            for k, (phase, opt) in enumerate(zip(self.phases, self.optimizers)):   # one phase per optimiser
+                info = StepInfo(self.step, p, self.total, gen, phase.name)
+                with amp:
+                    phase_out = self.model(batch, info)
+                loss = phase_out["loss"]
+                # the global batch's loss (the mean over processes: losses are means over each process's
+                # share); every process sees the same value, so all stop together on a NaN
+                global_loss = dist.all_reduce_mean(loss.detach().float()) if self.world > 1 else loss.detach()
+                if not torch.isfinite(global_loss):
+                    what = f"{phase.name} loss" if phase.name else "loss"
+                    raise TrainingDiverged(
+                        f"{what} became {global_loss.item()} at step {self.step} ({cfg.method}, lr "
+                        f"{self.phase_optims[k].lr * lr_factor:.3g}); "
+                        "the run is marked FAILED: lower optim.lr, set optim.grad_clip, or use train.precision=fp32"
+                    )
+                self.method.zero_grad(set_to_none=True)
+                loss.backward()
+                if counter is not None and k == len(self.phases) - 1:
+                    counter.__exit__(None, None, None)
+                    self._set_flops_per_step(float(counter.get_total_flops()) * self.world)
+                    bar.close()
+                    bar = self._bar()
+                if cfg.optim.grad_clip:
+                    clipped = self.method.parameters() if len(self.phases) == 1 else \
+                        [q for g in opt.param_groups for q in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(clipped, cfg.optim.grad_clip)
+                opt.step()
+                out.update(phase_out)
+                if len(self.phases) > 1:
+                    out[f"loss_{phase.name}"] = global_loss
+                step_loss = global_loss if step_loss is None else step_loss + global_loss
+            global_loss = step_loss
+            self.method.on_step_end(StepInfo(self.step, p, self.total, gen))
             self.step += 1
             dt = time.perf_counter() - t0
             self.elapsed += dt

@@ -1,0 +1,138 @@
+"""Kernel choices by measurement (harness.models.autotune): a timed trial on the run's own shapes,
+cached per machine, applied per convolution geometry, logged, and kept by a resumed run."""
+
+import json
+
+import pytest
+import torch
+
+from harness.core.device import bf16_supported
+from harness.models.autotune import ChoiceCache, KernelPlan, conv_geometries, machine_key, wgrad_trial
+from harness.models.backbones import build_backbone
+from harness.models.conv_wgrad import GemmWgradConv2d, geometry_key, use_gemm_wgrad
+from harness.models.kernels import prepare_for_training
+
+CPU = torch.device("cpu")
+
+
+def _cnn4():
+    torch.manual_seed(0)
+    return build_backbone("cnn4", in_chans=3, img_size=16)
+
+
+def test_machine_key_names_the_cpu_torch_onednn_and_threads():
+    key = machine_key()
+    assert torch.__version__ in key and "oneDNN" in key and f"{torch.get_num_threads()} threads" in key
+
+
+def test_geometries_are_the_layers_inputs_and_the_model_is_left_as_it_was():
+    model = _cnn4()
+    use_gemm_wgrad(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    geos = conv_geometries(model, 3, [16, 8])
+    convs = [m for m in model.modules() if isinstance(m, GemmWgradConv2d)]
+    # every conv at each input size (16 px and 8 px inputs halve the maps stage by stage)
+    assert (3, convs[0].out_channels, 3, 3, 1, 1, 1, 1, 16, 16) in geos and (3, convs[0].out_channels, 3, 3, 1, 1, 1, 1, 8, 8) in geos
+    assert len(geos) == len(set(geos)) == 2 * len(convs)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_trial_times_both_kernels_and_picks_the_faster():
+    res = wgrad_trial((16, 32, 3, 3, 1, 1, 1, 1, 8, 8), batch=4)
+    assert res["native_ms"] > 0 and res["gemm_ms"] > 0
+    assert res["choice"] == ("gemm" if res["gemm_ms"] < 0.95 * res["native_ms"] else "native")
+
+
+@pytest.mark.skipif(not bf16_supported(CPU), reason="the GEMM weight gradient is a bf16 path")
+def test_cached_choices_decide_per_geometry_and_the_layers_follow_them(tmp_path):
+    cache = ChoiceCache(tmp_path)
+    probe = _cnn4()
+    use_gemm_wgrad(probe)
+    geos = conv_geometries(probe, 3, [16])
+    # the cache says: GEMM for the last geometry only (as if this machine had measured it so)
+    for i, geo in enumerate(geos):
+        cache.put(f"wgrad {geometry_key(geo)} b8", {"native_ms": 2.0, "gemm_ms": 1.0 if i == len(geos) - 1 else 3.0,
+                                                     "choice": "gemm" if i == len(geos) - 1 else "native"})
+    model = _cnn4()
+    plan = prepare_for_training(model, True, CPU, "bf16", "on", "auto", trial_model=model, channels=3, sizes=(16,),
+                                batch=8, cache=cache)
+    assert plan.mode == "measured" and plan.source == "cache" and plan.channels_last
+    assert plan.conv_wgrad == {geometry_key(g): ("gemm" if i == len(geos) - 1 else "native") for i, g in enumerate(geos)}
+    assert plan.summary().startswith("gemm on 1/")
+    used = []
+    orig = GemmWgradConv2d._eligible
+
+    def spy(self, x):
+        out = orig(self, x)
+        used.append(out)
+        return out
+
+    GemmWgradConv2d._eligible = spy
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)).sum().backward()
+    finally:
+        GemmWgradConv2d._eligible = orig
+    assert used == [False] * (len(geos) - 1) + [True]
+
+
+@pytest.mark.skipif(not bf16_supported(CPU), reason="the GEMM weight gradient is a bf16 path")
+def test_a_fresh_machine_measures_once_then_reads_its_cache(tmp_path):
+    cache = ChoiceCache(tmp_path)
+    model = _cnn4()
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    stats = bn.running_mean.clone()
+    first = prepare_for_training(model, True, CPU, "bf16", "auto", "auto", trial_model=model, channels=3, sizes=(16,),
+                                 batch=8, cache=cache)
+    assert first.source == "measured" and "memory_format" in first.timings
+    assert torch.equal(bn.running_mean, stats), "the trials leave the model's statistics as they were"
+    stored = json.loads(cache.path.read_text())[machine_key()]
+    assert sum(k.startswith("wgrad ") for k in stored) == len(conv_geometries(model, 3, [16]))
+    again = prepare_for_training(_cnn4(), True, CPU, "bf16", "auto", "auto", trial_model=_cnn4(), channels=3,
+                                 sizes=(16,), batch=8, cache=cache)
+    assert again.source == "cache" and again.to_state() == first.to_state()
+
+
+def test_forced_settings_and_a_checkpoint_plan_are_applied_as_they_are(tmp_path):
+    cache = ChoiceCache(tmp_path)
+    model = _cnn4()
+    plan = prepare_for_training(model, True, CPU, "bf16", "off", "auto", trial_model=model, channels=3, sizes=(16,),
+                                batch=8, cache=cache)
+    assert not plan.channels_last and plan.mode == "native" and not cache.path.exists()
+    saved = KernelPlan(True, {"32->64 k3x3 s1 p1 @8x8": "gemm"}, "measured").to_state()
+    again = prepare_for_training(model, True, CPU, "bf16", plan=KernelPlan.from_state(saved))
+    assert again.source == "checkpoint" and again.to_state() == saved
+    assert all(m.wgrad_choices == saved["conv_wgrad"] for m in model.modules() if isinstance(m, GemmWgradConv2d))
+    conv = next(m for m in model.modules() if isinstance(m, GemmWgradConv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def test_a_corrupt_or_unwritable_cache_is_measured_again_not_an_error(tmp_path):
+    cache = ChoiceCache(tmp_path)
+    cache.path.parent.mkdir(parents=True, exist_ok=True)
+    cache.path.write_text("{not json")
+    assert cache.get("anything") is None
+    cache.put("k", {"choice": "native"})
+    assert cache.get("k") == {"choice": "native"}
+    ro = ChoiceCache(tmp_path / "file")
+    (tmp_path / "file").write_text("a file where the folder should be")
+    ro.put("k", {"choice": "gemm"})        # silently not cached
+    assert ro.get("k") is None
+
+
+def test_knn_auto_on_a_cpu_times_both_exact_searches_once_and_keeps_their_neighbours(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")
+    from evals.knn import resolve_backend, search
+
+    monkeypatch.setenv("SSLBENCH_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    db = torch.nn.functional.normalize(torch.randn(3000, 32, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(300, 32, generator=g), dim=1)
+    choice = resolve_backend("auto", "flat", "cpu", q, db, 20)
+    (entry,) = json.loads((tmp_path / "kernel_choices.json").read_text())[machine_key()].values()
+    assert entry["choice"] == choice == ("faiss" if entry["faiss_s"] < 0.95 * entry["torch_s"] else "torch")
+    assert entry["rows"] == 3000 and entry["queries"] == 300
+    assert resolve_backend("auto", "flat", "cpu", q, db, 20) == choice       # from the cache
+    s_auto, i_auto = search(q, db, 20, "auto")
+    s_torch, i_torch = search(q, db, 20, "torch")
+    assert torch.equal(i_auto, i_torch) and torch.allclose(s_auto, s_torch, atol=1e-5)
