@@ -119,7 +119,7 @@ class PeerLoop:
 class OurLoop:
     """The sslbench trainer (``Trainer.fit``) on the same images, SimCLR with the peer's head, loss and optimiser."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int, folder: Path):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch: int, folder: Path, compile_step: bool = False):
         from harness.data.dataset import ImageDataset
         from harness.run.plugins import load_plugins
 
@@ -131,7 +131,7 @@ class OurLoop:
                      "optim.lr": 0.06 * batch / 256, "optim.weight_decay": 5e-4, "method_cfg.proj_hidden": 512,
                      "method_cfg.proj_dim": 128, "method_cfg.temperature": 0.5, "method_cfg.blur": False,
                      "method_cfg.jitter_strength": 0.5, "budget.kind": "steps", "train.progress": False,
-                     "train.checkpoint_every_seconds": 1e9}
+                     "train.checkpoint_every_seconds": 1e9, "train.compile": compile_step}
         self.plan = None
 
     def run(self, steps: int, warmup: int) -> list[float]:
@@ -193,6 +193,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10.npz"),
                     help="CIFAR-10 .npz (x_train, y_train); seeded noise images without it")
     ap.add_argument("--only", choices=["peer", "sslbench"], help="run one side only")
+    ap.add_argument("--compile", action="store_true", help="sslbench with train.compile=true (its first warm-up "
+                    "step compiles; the ceiling stays eager)")
     args = ap.parse_args()
     print(machine_summary())
     x, y = cifar_arrays(args.data)
@@ -206,7 +208,8 @@ def main() -> None:
             paths["peer bf16+cl"] = PeerLoop(x, args.batch, True, args.workers)
         except ImportError as e:
             print(f"lightly is not installed ({e}); pip install 'sslbench[bench]' to measure the peer")
-    ours = OurLoop(x, y, args.batch, Path(tempfile.mkdtemp(prefix="sslbench-peer-bench-"))) if args.only != "peer" else None
+    ours = (OurLoop(x, y, args.batch, Path(tempfile.mkdtemp(prefix="sslbench-peer-bench-")), args.compile)
+            if args.only != "peer" else None)
     if ours:
         paths["sslbench"] = ours
         paths["ceiling"] = CeilingLoop(x, y, args.batch, ours.folder)

@@ -162,7 +162,7 @@ CASES = [
     (["pretrain", *SYN, "out_dir=@a_file"], "exists and is not a folder"),
     (["pretrain", *SYN, "out_dir=@readonly/runs"], "is not writable"),
     (["pretrain", *SYN, "tracking.uri=sqlite:///@readonly/m.db"], "is not writable"),
-    (["pretrain", *SYN, "optim.batch_size=100000"], "exceeds the 512 training images"),
+    (["pretrain", *SYN, "optim.batch_size=100000"], "exceeds the 512 training images; pass a smaller batch, e.g. optim.batch_size=128"),
     (["pretrain", *SYN, "foo=1"], "unknown config key 'foo'"),
     (["pretrain", *SYN, "optim.name=rmsprop"], "valid choices: sgd, lars, adamw"),
     (["pretrain", *SYN, "train.device=cuda"], "no CUDA GPU is available"),
@@ -203,6 +203,7 @@ CASES = [
     (["eval", CKPT, "tracking.experiment=a/b"], "'tracking.experiment': use letters"),
     # run
     (["run", "nosuchsuite"], "config file 'nosuchsuite' not found"),
+    (["run", "cifar10_cpuu"], "(did you mean 'cifar10_cpu'?); built-in suites: atari_cpu, ci, cifar10_10min"),
     (["run", "default", "--seeds", "a,b"], "--seeds takes comma-separated integers"),
     (["run", "default", "--methods", "simclx"], "unknown method 'simclx'"),
     (["run", "@suite_unknown_key.yaml"], "unknown suite key(s) bogus"),

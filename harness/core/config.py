@@ -242,7 +242,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                 p = cand
                 break
         else:
-            raise ConfigError(f"config file '{path}' not found (looked in the working directory and {CONFIG_DIR})")
+            suites = sorted(q.stem for q in (CONFIG_DIR / "suites").glob("*.yaml"))
+            raise ConfigError(f"config file '{path}' not found (looked in the working directory and {CONFIG_DIR})"
+                              f"{did_you_mean(str(path), suites)}; built-in suites: {', '.join(suites)}")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

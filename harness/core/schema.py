@@ -123,7 +123,7 @@ class TrainConfig:
     # (CPU, bf16, channels-last) instead of oneDNN's kernel; gemm = by the size rule, native = never
     conv_wgrad: str = choices("auto", "gemm", "native", default="auto")
     # torch.compile the training step (inductor; CPU needs a C++ compiler): a compile error falls back to
-    # eager with one warning line. Off by default: on 2 CPU cores it measured slower (benchmarks/README)
+    # eager with one warning line. Off by default: see README, "Performance"
     compile: bool = False
     checkpoint_every_steps: int | None = positive(None)
     checkpoint_every_seconds: float = positive(60.0)

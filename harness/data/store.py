@@ -82,7 +82,7 @@ class FolderImages:
         """Image ``i`` decoded, (C, H, W)."""
         a = self.decode(self.files[i], self.size, self.gray)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
+        return torch.from_numpy(np.array(a, dtype=np.uint8, order="C"))   # a copy: decoders may return read-only arrays
 
     def indices(self, key: Index) -> torch.Tensor:
         """``key`` (a slice, a list, an index or bool tensor) as int64 indices, bounds-checked."""

@@ -44,6 +44,14 @@ from harness.train.progress import TrainingBar
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def _smaller_batch(n: int) -> int:
+    """A batch size to suggest for ``n`` training images: the largest power of two <= n / 4 (at least 1)."""
+    b = 1
+    while b * 8 <= n:          # the next power of two still <= n / 4
+        b *= 2
+    return b
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -110,7 +118,8 @@ class Trainer:
             raise ConfigError(f"train.precision=bf16 but this {self.device.type} has no bf16 support; use fp32 or auto")
         self.info = data_info(dataset)
         if cfg.optim.batch_size > len(dataset.x_train):
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(dataset.x_train)} training images")
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(dataset.x_train)} training images; "
+                              f"pass a smaller batch, e.g. optim.batch_size={_smaller_batch(len(dataset.x_train))}")
         self.world = dist.world_size()
         if cfg.optim.batch_size % self.world:
             raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {self.world} processes")
