@@ -11,7 +11,8 @@ runs them:
 * **conv weight gradient** (CPU, bf16, channels-last): every convolution geometry the backbone
   meets on the run's views (in/out channels, kernel, stride, padding, input size; found by one
   forward of a 2-image batch) is timed both ways at the run's per-process batch (the native oneDNN
-  backward-weights kernel vs the GEMM, medians of 3 after a warm-up), and gets the faster one;
+  backward-weights kernel vs the GEMM, the fastest of 3 interleaved runs after a warm-up), and gets the
+  faster one;
 * **memory format** (convnets): the backbone's forward + backward on a small batch of the run's
   view size, channels-last (with the weight-gradient choice above) vs contiguous.
 
@@ -227,7 +228,7 @@ def measure_conv_wgrad(model: nn.Module, channels: int, sizes: list[int], batch:
     """Per geometry of ``model``'s convolutions: the faster weight-gradient kernel at ``batch``. Returns
     ({geometry: choice}, {geometry: timings}, seconds spent measuring, 'measured' | 'cache')."""
     cache = cache or ChoiceCache()
-    choices, timings, spent, measured = {}, {}, 0.0, False
+    choices, timings, measured = {}, {}, False
     t0 = time.perf_counter()
     for geo in conv_geometries(model, channels, sizes):
         key = f"wgrad {geometry_key(geo)} b{batch}"
@@ -244,7 +245,8 @@ def measure_conv_wgrad(model: nn.Module, channels: int, sizes: list[int], batch:
 
 def memory_format_trial(model: nn.Module, channels: int, size: int, batch: int, bf16: bool) -> dict:
     """The model's forward + backward (sum of outputs) on ``batch`` random images, channels-last vs
-    contiguous; the model is put back in its memory format and its gradients cleared."""
+    contiguous; its state (BatchNorm statistics), the RNG and its gradients are restored, its memory format
+    is not (the caller applies the chosen one: :func:`harness.models.kernels.prepare_for_training`)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, input_channels(model, channels), size, size, generator=g)
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}   # BN statistics move in train mode

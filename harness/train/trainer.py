@@ -147,7 +147,7 @@ class Trainer:
             if max(cfg.views.resolution) > self.info.image_size:
                 raise ConfigError(f"views.resolution={list(cfg.views.resolution)} goes above the images' "
                                   f"{self.info.image_size} px; end at {self.info.image_size}")
-        self.recipe.with_resolution(cfg.views.resolution, self.info.image_size)
+        self.recipe = self.recipe.with_resolution(cfg.views.resolution, self.info.image_size)
         self.kernels = self._prepare_kernels()
         self.channels_last = self.kernels.channels_last
         self.model = self.method
