@@ -124,6 +124,7 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     vw, vb = torch.zeros_like(w), torch.zeros_like(b)
     lr = torch.tensor(lrs, dtype=torch.float32).repeat(c)
     wd = torch.tensor(wds, dtype=torch.float32).repeat(c)
+    decay = bool((wd != 0).any())
     g = torch.Generator().manual_seed(seed)
     per_epoch = max(1, math.ceil(n / batch_size))
     total, step = epochs * per_epoch, 0
@@ -133,14 +134,23 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
     # softmax - onehot(y) is one index_add per step (row i is row i % B of its batch)
     flat = ((torch.arange(n) % batch_size) * hc + y * h)[:, None] + torch.arange(h)[None, :]
     minus_one = torch.full((batch_size * h,), -1.0)
-    seen = None if hidden_rows is None or blind_heads == 0 else (~hidden_rows[perm]).float()
-    kb = blind_heads
+    # the batches are fixed slices of the once-shuffled rows, so each row's weight in its batch's mean
+    # gradient is known in advance, per head: 1 / (rows in the batch), and for a blind head 0 on the rows it
+    # may not see and 1 / (rows it sees) on the others; one multiply per step then masks and averages
+    batch_of = torch.arange(n) // batch_size
+    rows = torch.bincount(batch_of, minlength=per_epoch).float()
+    weight = (1.0 / rows)[batch_of][:, None].repeat(1, h)                 # (N, H)
+    if hidden_rows is not None and blind_heads:
+        seen = (~hidden_rows[perm]).float()
+        seen_per_batch = torch.zeros(per_epoch).index_add_(0, batch_of, seen).clamp_min(1.0)
+        weight[:, :blind_heads] = (seen / seen_per_batch[batch_of])[:, None]
     # every per-step array lives in a buffer allocated once (a fresh ~0.5 MB array per op per step
     # goes through mmap/munmap and page faults in glibc's allocator)
     bs = min(batch_size, n)
     wb, gb = torch.empty(d, hc, dtype=dt), torch.empty(d, hc, dtype=dt)
     logit_b, p_b = torch.empty(bs, hc, dtype=dt), torch.empty(bs, hc, dtype=dt)
     logit, p_full = torch.empty(bs, hc), torch.empty(bs, hc)
+    gbias, f = torch.empty(hc), torch.empty(hc)
     with _threads(threads or torch.get_num_threads()):   # class-major heads: big enough ops for every core
         for _ in range(epochs):
             for s in torch.randperm(per_epoch, generator=g).tolist():
@@ -152,16 +162,14 @@ def train_heads(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: Sequenc
                 lg = logit[:m].copy_(logit_b[:m]).add_(b)
                 p = torch.ops.aten._softmax.out(lg.view(m, c, h), 1, False, out=p_full[:m].view(m, c, h)).view(m, hc)
                 p.view(-1).index_add_(0, flat[sl].reshape(-1), minus_one[:m * h])   # softmax - onehot(y)
-                scale = torch.full((c, h), 1.0 / m)   # mean over the batch's rows ...
-                if seen is not None:                  # ... the blind heads: over the rows they may see
-                    v = seen[sl]
-                    p.view(m, c, h)[:, :, :kb] *= v[:, None, None]
-                    scale[:, :kb] = 1.0 / max(float(v.sum()), 1.0)
-                scale = scale.view(hc)
-                f = 0.5 * (1 + math.cos(math.pi * step / total)) * lr
+                p.view(m, c, h).mul_(weight[sl].view(m, 1, h))   # each head's mean over the rows it sees
+                torch.sum(p, 0, out=gbias)
                 torch.mm(x.T, p_b[:m].copy_(p), out=gb)
-                vw.mul_(momentum).addcmul_(gb, scale).addcmul_(w, wd)
-                vb.mul_(momentum).addcmul_(p.sum(0), scale)
+                torch.mul(lr, 0.5 * (1 + math.cos(math.pi * step / total)), out=f)   # cosine schedule
+                torch.add(gb, vw, alpha=momentum, out=vw)          # vw <- momentum vw + grad (+ wd w)
+                if decay:
+                    vw.addcmul_(w, wd)
+                torch.add(gbias, vb, alpha=momentum, out=vb)
                 w.addcmul_(vw, f, value=-1.0)
                 b.addcmul_(vb, f, value=-1.0)
                 step += 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import _one_flag_style, build_parser, cmd_check, cmd_run
+from harness.cli import _one_flag_style, build_parser, cmd_check, cmd_evolve, cmd_run
 from harness.core.config import parse_overrides
 from harness.run.suites import load_suite, suite_configs
 
@@ -29,12 +29,12 @@ def _resolve(argv: list[str]) -> int:
     args.overrides = list(getattr(args, "overrides", None) or []) + extra
     if args.fn is cmd_run and args.suite and "=" in args.suite:
         args.overrides, args.suite = [args.suite, *args.overrides], "default"
-    if args.fn not in (cmd_run, cmd_check):
+    if args.fn not in (cmd_run, cmd_check, cmd_evolve) or (args.fn is cmd_evolve and (not args.suite or "=" in args.suite)):
         return 0
     spec = dict(load_suite(args.suite).__dict__)
     if args.seeds:
         spec["seeds"] = [int(s) for s in args.seeds.split(",")]
-    if args.methods:
+    if getattr(args, "methods", None):
         spec["methods"] = args.methods.split(",")
     return len(suite_configs(load_suite(spec), parse_overrides(args.overrides)))
 
@@ -49,8 +49,10 @@ def test_readme_commands_parse_and_resolve(heading):
 
 def test_every_committed_table_has_its_command():
     cmds = [" ".join(c) for c in _commands("## Reproduce the committed tables")]
-    suites = {c.split()[1] for c in cmds if c.startswith("run ")}
+    suites = {c.split()[1] for c in cmds if c.split()[0] in ("run", "evolve")}
+    suites |= {"rl_breakout" for c in cmds if c.startswith("rl-table")}   # the agent returns (sslbench rl)
     for folder in (ROOT / "results" / "reference").iterdir():
         name = folder.name.replace("fashion_mnist_pretext", "fashion_mnist_all").replace("fashion_mnist_mim", "fashion_mnist_all")
         name = name.replace("cifar10_cpu_pretext", "cifar10_cpu").replace("cifar10_multimodal", "cifar10_cpu")
+        name = name.replace("cifar10_background", "cifar10_cpu").replace("fashion_mnist_multimodal", "fashion_mnist_all")
         assert name in suites, f"results/reference/{folder.name} has no command in the README"

@@ -293,6 +293,13 @@ def test_background_augmentation_rows_say_so_beside_the_plain_rows(env):
     (table,) = build(fetch_runs(None))
     labels = sorted(m.split(" [")[0] + (" +bg:random" if "+bg:random" in m else "") for m in table.frame["method"])
     assert labels == ["simclr", "simclr +bg:random"], list(table.frame["method"])
+    # the random-init floor of a suite run with the option trains nothing: one unlabelled row
+    floor = ["eval", "cnn4", "data.name=synthetic", "eval.protocols=[knn]", "eval.knn_k=[5]", "train.progress=false",
+             f"out_dir={env / 'floor'}"]
+    assert main(floor) == 0 and main([*floor, "views.background=random"]) == 0
+    tables = build(fetch_runs(None))
+    floors = [m for t in tables for m in t.frame["method"] if m.startswith("random_init")]
+    assert floors == ["random_init"], floors
 
 
 def test_an_unset_key_is_the_same_identity_whether_none_text_or_absent():

@@ -168,7 +168,9 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
                     tb = r["params.teacher.backbone"].dropna() if "params.teacher.backbone" in r else ()
                     label += f" <- {teacher.iloc[0]}" + (f"/{tb.iloc[0]}" if len(tb) else "")
                 bg = r["params.views.background"].dropna() if "params.views.background" in r else ()
-                if len(bg) and bg.iloc[0] not in ("none", ""):   # background augmentation (Ryali et al., 2021)
+                # background augmentation (Ryali et al., 2021); a random-init row trains nothing, so a suite's
+                # views.background override does not label its floor
+                if method != RANDOM_INIT and len(bg) and bg.iloc[0] not in ("none", ""):
                     label += f" +bg:{bg.iloc[0]}"
                 if LABELS_COLUMN in r and (r[LABELS_COLUMN] == "true").any():
                     label += " (labels)"         # trained on class labels: the supervised baseline, templated captions

@@ -426,8 +426,10 @@ class Trainer:
             self.last_loss = float(global_loss)
             due = self.step % log_every == 0 if log_every else self.progress() >= next_mark
             if due or self.step == 1 or self.progress() >= 1.0:     # the curve always ends at the last step
-                if not log_every:
-                    next_mark = (int(self.progress() * CURVE_POINTS) + 1) / CURVE_POINTS
+                if not log_every and self.progress() >= next_mark:
+                    # one mark per point: a step that passed several marks (a slow or stalled step) leaves
+                    # the next steps due until the points catch up, so a run still gets ~CURVE_POINTS points
+                    next_mark += 1 / CURVE_POINTS
                 rate = (self.step - last_log[1]) * images_per_step / max(self.elapsed - last_log[0], 1e-9)
                 last_log = (self.elapsed, self.step)
                 metrics = {"train/loss": self.last_loss, "train/lr": self.base_lr * lr_factor,
