@@ -20,7 +20,7 @@ from scipy import stats
 
 from evals.protocols import HEADLINE, Column
 from evals.protocols import columns as protocol_columns
-from harness.core.identity import differences, identity
+from harness.core.identity import differences, identity, identity_fields
 from harness.core.schema import BudgetConfig
 from harness.method.registry import RANDOM_INIT
 
@@ -167,11 +167,11 @@ def build(runs: pd.DataFrame, dataset: str | None = None, backbone: str | None =
                 if len(teacher):                     # a distillation names its teacher (method/backbone)
                     tb = r["params.teacher.backbone"].dropna() if "params.teacher.backbone" in r else ()
                     label += f" <- {teacher.iloc[0]}" + (f"/{tb.iloc[0]}" if len(tb) else "")
-                bg = r["params.views.background"].dropna() if "params.views.background" in r else ()
-                # background augmentation (Ryali et al., 2021); a random-init row trains nothing, so a suite's
-                # views.background override does not label its floor
-                if method != RANDOM_INIT and len(bg) and bg.iloc[0] not in ("none", ""):
-                    label += f" +bg:{bg.iloc[0]}"
+                # background augmentation (Ryali et al., 2021), when it is part of the run's identity (not for a
+                # random-init floor, which trains nothing, nor with the option off)
+                bg = identity_fields(run_params(r.iloc[0])).get("views.background")
+                if bg:
+                    label += f" +bg:{bg}"
                 if LABELS_COLUMN in r and (r[LABELS_COLUMN] == "true").any():
                     label += " (labels)"         # trained on class labels: the supervised baseline, templated captions
                 row = {"method": label, "backbone": bb, "seeds": ",".join(sorted(map(str, r["params.seed"].unique()))),
