@@ -257,16 +257,14 @@ def measured_cpu_backend(queries: torch.Tensor, database: torch.Tensor, k: int) 
 
     n, d = min(len(database), SHARD_ROWS), database.shape[1]
     key = f"knn n2^{max(0, round(math.log2(max(n, 1))))} d{d} k{k}"
-    cache = ChoiceCache()
-    hit = cache.get(key)
-    if hit is not None:
-        return hit["choice"]
     q, db = queries[:TRIAL_QUERIES], database[:n]
-    t = _best_times({"torch": lambda: search(q, db, k, "torch"), "faiss": lambda: search(q, db, k, "faiss")}, reps=2)
-    res = {"torch_s": round(t["torch"], 4), "faiss_s": round(t["faiss"], 4), "queries": len(q), "rows": n,
-           "choice": "faiss" if t["faiss"] < 0.95 * t["torch"] else "torch"}
-    cache.put(key, res)
-    return res["choice"]
+
+    def trial() -> dict:
+        t = _best_times({"torch": lambda: search(q, db, k, "torch"), "faiss": lambda: search(q, db, k, "faiss")}, reps=2)
+        return {"torch_s": round(t["torch"], 4), "faiss_s": round(t["faiss"], 4), "queries": len(q), "rows": n,
+                "choice": "faiss" if t["faiss"] < 0.95 * t["torch"] else "torch"}
+
+    return ChoiceCache().get_or_measure(key, trial)[0]["choice"]
 
 
 def _faiss_gpus() -> int:

@@ -2,6 +2,7 @@
 cached per machine, applied per convolution geometry, logged, and kept by a resumed run."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -136,3 +137,30 @@ def test_knn_auto_on_a_cpu_times_both_exact_searches_once_and_keeps_their_neighb
     s_auto, i_auto = search(q, db, 20, "auto")
     s_torch, i_torch = search(q, db, 20, "torch")
     assert torch.equal(i_auto, i_torch) and torch.allclose(s_auto, s_torch, atol=1e-5)
+
+
+def test_runs_starting_together_measure_once_and_agree(tmp_path):
+    """The trial runs under the cache's lock: a second run waits and reads the first one's result instead
+    of timing against its load (the kill tests' resumed runs must get the killed runs' kernels)."""
+    import threading
+
+    calls, results = [], []
+
+    def trial():
+        calls.append(1)
+        time.sleep(0.2)
+        return {"choice": "on" if len(calls) == 1 else "off"}
+
+    def run():
+        results.append(ChoiceCache(tmp_path).get_or_measure("memfmt k", trial))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert sorted(now for _, now in results) == [False, False, False, True]
+    assert all(res == {"choice": "on"} for res, _ in results)
+    (tmp_path / "file").write_text("a file where the folder should be")
+    assert ChoiceCache(tmp_path / "file").get_or_measure("k", lambda: {"choice": "x"}) == ({"choice": "x"}, True)

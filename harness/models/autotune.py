@@ -102,14 +102,35 @@ class ChoiceCache:
         except OSError:
             return None
 
+    def get_or_measure(self, key: str, measure) -> tuple[dict, bool]:
+        """The cached result for ``key``, or ``measure()``'s, cached; returns (result, measured now).
+
+        The trial runs under the file lock: runs that start together on one machine (a sweep, the kill
+        tests' eight processes) wait for the first one's measurement and read it, instead of each timing
+        the kernels against the others' load and the last writer's choice differing from the rest's. A
+        cache folder that cannot be locked or written (read-only, full) measures without caching."""
+        try:
+            with self._locked():
+                res = self.get(key)
+                if res is not None:
+                    return res, False
+                res = measure()
+                self._write(key, res)
+                return res, True
+        except OSError:
+            return measure(), True
+
+    def _write(self, key: str, value: dict) -> None:
+        data = self._read()
+        data.setdefault(machine_key(), {})[key] = value
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
     def put(self, key: str, value: dict) -> None:
         try:
             with self._locked():
-                data = self._read()
-                data.setdefault(machine_key(), {})[key] = value
-                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-                os.replace(tmp, self.path)
+                self._write(key, value)
         except OSError:
             pass                                   # a read-only or full cache folder: the trial is redone next time
 
@@ -232,11 +253,8 @@ def measure_conv_wgrad(model: nn.Module, channels: int, sizes: list[int], batch:
     t0 = time.perf_counter()
     for geo in conv_geometries(model, channels, sizes):
         key = f"wgrad {geometry_key(geo)} b{batch}"
-        res = cache.get(key)
-        if res is None:
-            res = wgrad_trial(geo, batch)
-            cache.put(key, res)
-            measured = True
+        res, now = cache.get_or_measure(key, functools.partial(wgrad_trial, geo, batch))
+        measured = measured or now
         choices[geometry_key(geo)] = res["choice"]
         timings[geometry_key(geo)] = res
     spent = time.perf_counter() - t0

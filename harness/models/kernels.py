@@ -76,16 +76,12 @@ def prepare_for_training(model: torch.nn.Module, convnet: bool, device: torch.de
         size = max(sizes)
         geo = repr(conv_geometries(trial_model, channels, [size])) + repr(sorted(choices.items()))
         key = f"memfmt {precision} b{min(batch, TRIAL_BATCH)} @{size} {hashlib.sha1(geo.encode()).hexdigest()[:12]}"
-        res = cache.get(key)
-        if res is None:
-            try:
-                res = memory_format_trial(trial_model, channels, size, min(batch, TRIAL_BATCH), precision == "bf16")
-                cache.put(key, res)
-                cl_source = "measured"
-            except (RuntimeError, ValueError, AssertionError):   # the backbone does not take this input alone
-                res, cl_source = {"choice": "on", "note": "no trial: the backbone alone did not take the views"}, "rule"
-        else:
-            cl_source = "cache"
+        try:
+            res, now = cache.get_or_measure(key, lambda: memory_format_trial(trial_model, channels, size,
+                                                                             min(batch, TRIAL_BATCH), precision == "bf16"))
+            cl_source = "measured" if now else "cache"
+        except (RuntimeError, ValueError, AssertionError):   # the backbone does not take this input alone
+            res, cl_source = {"choice": "on", "note": "no trial: the backbone alone did not take the views"}, "rule"
         plan.channels_last = res["choice"] == "on"
         plan.timings["memory_format"] = res
         if not plan.channels_last and plan.mode == "measured":
