@@ -113,3 +113,36 @@ def test_protocol_fits_only_datasets_with_state_variables(pong, synthetic):
         check_fits(EvalConfig(protocols=["state_probe"]), synthetic)
     with pytest.raises(ConfigError, match=r"no classes for knn, linear; .*eval.protocols=\[state_probe\]"):
         check_fits(EvalConfig(protocols=["knn", "linear", "align_uniform"]), pong)
+
+
+def _diagnostics():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "state_probe_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("state_probe_diagnostics", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_probe_diagnostics_effective_rank_and_pre_activations(pong, capsys):
+    from harness.models.backbones import build_backbone
+
+    diag = _diagnostics()
+    # k orthogonal directions of equal variance: effective rank k; one direction dominating: close to 1
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))[0]
+    signs = torch.tensor([[1.0], [-1.0]]).repeat(4, 1)                       # (8, 1): mean zero
+    f = torch.cat([signs * basis[i] for i in range(3)])                       # 3 directions, 8 rows each
+    assert diag.effective_rank(f) == pytest.approx(3.0, rel=1e-6)
+    g = torch.cat([signs * basis[0] * 100, signs * basis[1] * 0.01])
+    assert diag.effective_rank(g) == pytest.approx(1.0, abs=1e-3)
+    torch.manual_seed(0)
+    enc = build_backbone("dqn_der", 4, 84)
+    x = torch.randn(3, 4, 84, 84)
+    pre = diag.pre_activation(enc)(x)
+    assert torch.equal(enc(x), torch.relu(pre)) and (pre < 0).any()
+    diag.main(["--random", "dqn_der", "--data-dir", str(pong.source).rsplit("/atari/", 1)[0],
+               "--train-frames", "120", "--test-frames", "60"])
+    out = capsys.readouterr().out
+    assert "random init dqn_der (seed 0)" in out and "pre-ReLU" in out and "state F1" in out
