@@ -164,3 +164,9 @@ def test_runs_starting_together_measure_once_and_agree(tmp_path):
     assert all(res == {"choice": "on"} for res, _ in results)
     (tmp_path / "file").write_text("a file where the folder should be")
     assert ChoiceCache(tmp_path / "file").get_or_measure("k", lambda: {"choice": "x"}) == ({"choice": "x"}, True)
+    full = ChoiceCache(tmp_path / "full")                  # the write fails after the trial (a full disk)
+    def no_space(key, value):
+        raise OSError(28, "No space left on device")
+    full._write = no_space
+    calls.clear()
+    assert full.get_or_measure("k", trial) == ({"choice": "on"}, True) and len(calls) == 1

@@ -109,16 +109,17 @@ class ChoiceCache:
         tests' eight processes) wait for the first one's measurement and read it, instead of each timing
         the kernels against the others' load and the last writer's choice differing from the rest's. A
         cache folder that cannot be locked or written (read-only, full) measures without caching."""
+        res = None
         try:
             with self._locked():
-                res = self.get(key)
-                if res is not None:
-                    return res, False
+                cached = self.get(key)
+                if cached is not None:
+                    return cached, False
                 res = measure()
                 self._write(key, res)
                 return res, True
-        except OSError:
-            return measure(), True
+        except OSError:                            # no lock or no write: this run's measurement, once
+            return (res if res is not None else measure()), True
 
     def _write(self, key: str, value: dict) -> None:
         data = self._read()
