@@ -28,3 +28,14 @@ def synthetic():
     from harness.data.sources import synthetic as make
 
     return make(n_train=256, n_test=128, image_size=16, channels=3, num_classes=4)
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -115,21 +115,11 @@ def test_protocol_fits_only_datasets_with_state_variables(pong, synthetic):
         check_fits(EvalConfig(protocols=["knn", "linear", "align_uniform"]), pong)
 
 
-def _diagnostics():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "state_probe_diagnostics.py"
-    spec = importlib.util.spec_from_file_location("state_probe_diagnostics", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_probe_diagnostics_effective_rank_and_pre_activations(pong, capsys):
+    from conftest import load_benchmark
     from harness.models.backbones import build_backbone
 
-    diag = _diagnostics()
+    diag = load_benchmark("state_probe_diagnostics")
     # k orthogonal directions of equal variance: effective rank k; one direction dominating: close to 1
     basis = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(0)))[0]
     signs = torch.tensor([[1.0], [-1.0]]).repeat(4, 1)                       # (8, 1): mean zero

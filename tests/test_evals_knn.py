@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_benchmark
 from evals.knn import knn_eval, search, topk_rows
 
 
@@ -196,24 +197,13 @@ def test_bad_shard_rows_in_the_api_and_the_cli(data, tmp_path, monkeypatch, caps
 # ----------------------------------------------------------------------------- benchmarks/knn_scale.py
 
 
-def _knn_scale():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "knn_scale.py"
-    spec = importlib.util.spec_from_file_location("knn_scale", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_knn_scale_benchmark_tiny(tmp_path, capsys):
     pytest.importorskip("faiss")
     import json
 
     from harness.core.device import cpu_model
 
-    bench = _knn_scale()
+    bench = load_benchmark("knn_scale")
     out = tmp_path / "knn.json"
     res = bench.main(["--n", "5000", "--dim", "32", "--queries", "300", "--k", "20", "--seed", "1",
                       "--shard-rows", "1536", "--json", str(out)])
@@ -246,7 +236,7 @@ def test_knn_scale_benchmark_tiny(tmp_path, capsys):
 def test_knn_scale_bad_arguments(args, fragment, capsys):
     pytest.importorskip("faiss")
     with pytest.raises(SystemExit) as e:
-        _knn_scale().main(args)
+        load_benchmark("knn_scale").main(args)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert fragment in err[-1] and "Traceback" not in "\n".join(err)
