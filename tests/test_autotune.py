@@ -170,3 +170,66 @@ def test_runs_starting_together_measure_once_and_agree(tmp_path):
     full._write = no_space
     calls.clear()
     assert full.get_or_measure("k", trial) == ({"choice": "on"}, True) and len(calls) == 1
+
+
+def test_attention_choice_is_measured_kept_in_the_plan_and_applied_to_the_step(tmp_path):
+    from torch.profiler import profile
+
+    from harness.models.autotune import attention_shape, attention_trial
+
+    vit = build_backbone("vit_mini_p4", 3, 32)
+    assert attention_shape(vit, 32, 8) == (8, vit.blocks[0].attn.num_heads, 65, 128 // vit.blocks[0].attn.num_heads)
+    assert attention_shape(build_backbone("cnn4", 3, 32), 32, 8) is None
+    res = attention_trial((2, 2, 5, 8), bf16=False)
+    assert res["choice"] in ("flash", "math") and res["flash_ms"] > 0 and res["math_ms"] > 0
+    # the choice travels with a checkpoint; a checkpoint from before the choice ran the default kernel
+    assert KernelPlan.from_state(KernelPlan(attention="math").to_state()).attention == "math"
+    assert KernelPlan.from_state({"channels_last": False}).attention == "flash"
+    # forced choices, and auto on a ViT: a trial, cached
+    cache = ChoiceCache(tmp_path)
+    forced = prepare_for_training(vit, False, CPU, "fp32", attention="math", trial_model=vit, sizes=(32,), batch=4,
+                                  cache=cache)
+    assert forced.attention == "math" and "attention" not in forced.timings
+    auto = prepare_for_training(vit, False, CPU, "fp32", trial_model=vit, sizes=(32,), batch=4, cache=cache)
+    assert auto.attention == auto.timings["attention"]["choice"] and auto.source == "measured"
+    assert prepare_for_training(vit, False, CPU, "fp32", trial_model=vit, sizes=(32,), batch=4, cache=cache).source == "cache"
+
+    q, k, v = (torch.randn(2, 2, 5, 8, requires_grad=True) for _ in range(3))
+
+    def kernels(plan):
+        with profile() as p, plan.attention_context():
+            torch.nn.functional.scaled_dot_product_attention(q, k, v).sum().backward()
+        return {e.key for e in p.key_averages()}
+
+    assert any("flash" in name for name in kernels(KernelPlan(attention="flash")))
+    assert not any("flash" in name for name in kernels(KernelPlan(attention="math")))
+
+
+def test_the_attention_choice_is_logged_and_splits_records_only_when_it_is_not_the_default(tmp_path):
+    from harness.core.identity import identity_fields
+    from harness.data.sources import synthetic
+    from harness.train.config import resolve
+    from harness.train.trainer import Trainer
+
+    ds = synthetic(n_train=32, n_test=8, image_size=16)
+    base = {"method": "mae", "backbone": "vit_mini_p4", "data.name": "synthetic", "budget.kind": "steps",
+            "budget.value": 1, "optim.batch_size": 16, "train.progress": False, "train.precision": "fp32"}
+    params = {}
+    for att in ("flash", "math"):
+        t = Trainer(resolve({**base, "train.attention": att}), ds, tmp_path / att)
+        assert t.kernels.attention == att
+        params[att] = t.run_params()
+    assert "train.resolved.attention" not in params["flash"]            # as every record before the choice
+    assert params["math"]["train.resolved.attention"] == "math"
+    assert identity_fields({**params["math"], "train.attention": "math"}) != identity_fields(params["flash"])
+    assert "train.attention" not in identity_fields({**params["flash"], "train.attention": "flash"})
+
+
+def test_the_attention_option_at_its_default_leaves_run_names_as_they_were():
+    from harness.run.naming import run_name
+    from harness.train.config import resolve
+
+    base = {"method": "simclr", "backbone": "cnn4", "data.name": "synthetic"}
+    name = run_name(resolve(base))
+    assert run_name(resolve({**base, "train.attention": "auto"})) == name
+    assert run_name(resolve({**base, "train.attention": "math"})) != name

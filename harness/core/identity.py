@@ -53,7 +53,7 @@ def identity_fields(params: Mapping[str, Any]) -> dict[str, str]:
         p = {k: v for k, v in p.items() if k not in inputs}   # the effective values subsume the None-able inputs
     if any(k.startswith("train.resolved.") for k in p):
         p = {k: v for k, v in p.items() if k not in ("train.device", "train.precision", "train.channels_last",
-                                                     "train.conv_wgrad")}
+                                                     "train.conv_wgrad", "train.attention")}
     if "data.fingerprint" in p:
         p.pop("data.name", None)   # the contents decide, not the loader's name
     if p.get("views.background", "none") == "none":
@@ -63,6 +63,8 @@ def identity_fields(params: Mapping[str, Any]) -> dict[str, str]:
         p = {k: v for k, v in p.items() if not k.startswith("views.") or k == "views.resolution"}
     if p.get("train.compile") == param_text(False):
         p.pop("train.compile")    # off: the eager step every record before the option ran
+    if p.get("train.attention") == "auto":
+        p.pop("train.attention")  # the default: run names and ids stay those of the records before the option
     return dict(sorted(p.items()))
 
 

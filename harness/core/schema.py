@@ -122,6 +122,9 @@ class TrainConfig:
     # per machine (harness/models/autotune.py). conv_wgrad: the weight gradient of convs as one im2col GEMM
     # (CPU, bf16, channels-last) instead of oneDNN's kernel; gemm = by the size rule, native = never
     conv_wgrad: str = choices("auto", "gemm", "native", default="auto")
+    # attention of ViTs on a CPU: PyTorch's fused flash kernel (its default) or the math path (two matmuls and a
+    # softmax, which autocast runs in bf16); auto = a timed trial of both on this run's attention shape, cached
+    attention: str = choices("auto", "flash", "math", default="auto")
     # torch.compile the training step (inductor; CPU needs a C++ compiler): a compile error falls back to
     # eager with one warning line. Off by default: see README, "Performance"
     compile: bool = False

@@ -223,6 +223,16 @@ class KernelPlan:
     timings: dict[str, dict] = field(default_factory=dict)       # what the trials measured (or the cache held)
     trial_seconds: float = 0.0
     source: str = ""                                             # measured | cache | checkpoint | rule
+    attention: str = "flash"                                     # flash (PyTorch's default) | math
+
+    def attention_context(self):
+        """The context the training step runs in: the math attention path where the plan chose it
+        (its backward is the math path's too: autograd records the ops the forward ran)."""
+        if self.attention == "math":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel(SDPBackend.MATH)
+        return contextlib.nullcontext()
 
     def summary(self) -> str:
         """The ``train.resolved.conv_wgrad`` param: which kernel the weight gradients use."""
@@ -237,12 +247,14 @@ class KernelPlan:
         return f"gemm on {n}/{len(self.conv_wgrad)} shapes ({hashlib.sha1(chosen.encode()).hexdigest()[:8]})"
 
     def to_state(self) -> dict:
-        return {"channels_last": self.channels_last, "conv_wgrad": dict(self.conv_wgrad), "mode": self.mode}
+        return {"channels_last": self.channels_last, "conv_wgrad": dict(self.conv_wgrad), "mode": self.mode,
+                "attention": self.attention}
 
     @classmethod
     def from_state(cls, state: dict) -> "KernelPlan":
+        # a checkpoint from before the attention choice ran PyTorch's default (flash) kernel
         return cls(bool(state["channels_last"]), dict(state.get("conv_wgrad", {})), str(state.get("mode", "native")),
-                   source="checkpoint")
+                   source="checkpoint", attention=str(state.get("attention", "flash")))
 
 
 def measure_conv_wgrad(model: nn.Module, channels: int, sizes: list[int], batch: int,
@@ -260,6 +272,45 @@ def measure_conv_wgrad(model: nn.Module, channels: int, sizes: list[int], batch:
         timings[geometry_key(geo)] = res
     spent = time.perf_counter() - t0
     return choices, timings, spent, "measured" if measured else "cache"
+
+
+def attention_shape(vit: nn.Module, size: int, batch: int) -> tuple[int, int, int, int] | None:
+    """(batch, heads, tokens, head dim) of a timm ViT's self-attention on ``size``-px views, or None when
+    ``vit`` has no such blocks."""
+    blocks = getattr(vit, "blocks", None)
+    attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
+    patch = getattr(getattr(vit, "patch_embed", None), "patch_size", None)
+    if attn is None or not hasattr(attn, "num_heads") or patch is None:
+        return None
+    heads = int(attn.num_heads)
+    dim = int(attn.qkv.in_features) // heads if hasattr(attn, "qkv") else None
+    if not dim:
+        return None
+    tokens = int(getattr(vit, "num_prefix_tokens", 1)) + (size // patch[0]) * (size // patch[1])
+    return batch, heads, tokens, dim
+
+
+def attention_trial(shape: tuple[int, int, int, int], bf16: bool) -> dict:
+    """Self-attention forward + backward at ``shape`` (B, heads, L, d), PyTorch's fused flash kernel vs the
+    math path (QK^T, softmax, AV: under bf16 autocast, bf16 matmuls); the fastest of 3 interleaved runs
+    each. The math path must win by 5% to be chosen (flash is PyTorch's default)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(*shape, generator=g).requires_grad_() for _ in range(3))
+
+    def step(backend):
+        def run():
+            with sdpa_kernel(backend), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            out.float().sum().backward()
+            for t in (q, k, v):
+                t.grad = None
+        return run
+
+    times = _best_times({"flash": step(SDPBackend.FLASH_ATTENTION), "math": step(SDPBackend.MATH)})
+    return {"flash_ms": round(1e3 * times["flash"], 2), "math_ms": round(1e3 * times["math"], 2),
+            "shape": list(shape), "choice": "math" if times["math"] < MARGIN * times["flash"] else "flash"}
 
 
 def memory_format_trial(model: nn.Module, channels: int, size: int, batch: int, bf16: bool) -> dict:

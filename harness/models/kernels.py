@@ -14,10 +14,19 @@ import time
 
 import torch
 
-from harness.models.autotune import ChoiceCache, KernelPlan, conv_geometries, measure_conv_wgrad, memory_format_trial
+from harness.models.autotune import (
+    ChoiceCache,
+    KernelPlan,
+    attention_shape,
+    attention_trial,
+    conv_geometries,
+    measure_conv_wgrad,
+    memory_format_trial,
+)
 from harness.models.conv_wgrad import GemmWgradConv2d, use_gemm_wgrad
 
 TRIAL_BATCH = 32      # the memory-format trial's batch: a short forward + backward, not the run's batch
+ATTENTION_TRIAL_BATCH = 256   # the attention trial's batch at most (a run's global crops are often 2 x its batch)
 
 
 def apply_plan(model: torch.nn.Module, plan: KernelPlan) -> KernelPlan:
@@ -35,7 +44,8 @@ def apply_plan(model: torch.nn.Module, plan: KernelPlan) -> KernelPlan:
 
 
 def prepare_for_training(model: torch.nn.Module, convnet: bool, device: torch.device, precision: str,
-                         channels_last: str = "auto", conv_wgrad: str = "auto", *, trial_model: torch.nn.Module | None = None,
+                         channels_last: str = "auto", conv_wgrad: str = "auto", attention: str = "auto", *,
+                         trial_model: torch.nn.Module | None = None,
                          channels: int = 3, sizes: tuple[int, ...] = (), batch: int = 0,
                          plan: KernelPlan | None = None, cache: ChoiceCache | None = None) -> KernelPlan:
     """Memory format and conv kernels for training, in place; returns the :class:`KernelPlan`.
@@ -45,7 +55,10 @@ def prepare_for_training(model: torch.nn.Module, convnet: bool, device: torch.de
     of ``trial_model``, the backbone, at the run's view size). The GEMM weight gradient (CPU, bf16,
     channels-last only): ``native``; ``gemm`` = the size rule of :mod:`harness.models.conv_wgrad`;
     ``auto`` = measured per geometry of ``trial_model``'s convolutions on ``sizes`` at ``batch`` (the
-    per-process batch). Trials are cached per machine (:class:`ChoiceCache`). Without ``trial_model``
+    per-process batch). Attention (ViTs): ``flash`` (PyTorch's default kernel) / ``math``, or ``auto`` = on a
+    CPU the faster of the two in a timed trial of the backbone's attention shape at the largest view size
+    (the plan's :meth:`~harness.models.autotune.KernelPlan.attention_context` applies it to the training
+    step). Trials are cached per machine (:class:`ChoiceCache`). Without ``trial_model``
     / ``sizes`` / ``batch`` (callers that cannot say), ``auto`` falls back to the rules: channels-last
     for convnets, the size rule for the weight gradient."""
     if plan is not None:
@@ -87,6 +100,19 @@ def prepare_for_training(model: torch.nn.Module, convnet: bool, device: torch.de
         if not plan.channels_last and plan.mode == "measured":
             plan.mode, plan.conv_wgrad = "native", {}   # the GEMM path needs channels-last inputs
         apply_plan(model, plan)
-    plan.source = "measured" if "measured" in (source, cl_source) else ("cache" if "cache" in (source, cl_source) else "rule")
+    attn_source = "rule"
+    if attention in ("flash", "math"):
+        plan.attention = attention
+    elif can_measure and (shape := attention_shape(trial_model, max(sizes), min(batch, ATTENTION_TRIAL_BATCH))):
+        key = f"attention {precision} {'x'.join(map(str, shape))}"
+        try:
+            res, now = cache.get_or_measure(key, lambda: attention_trial(shape, precision == "bf16"))
+            attn_source = "measured" if now else "cache"
+        except RuntimeError:                            # this torch build lacks a kernel: PyTorch's default
+            res = {"choice": "flash", "note": "no trial: scaled_dot_product_attention failed on this shape"}
+        plan.attention = res["choice"]
+        plan.timings["attention"] = res
+    sources = (source, cl_source, attn_source)
+    plan.source = "measured" if "measured" in sources else ("cache" if "cache" in sources else "rule")
     plan.trial_seconds = time.perf_counter() - t0
     return plan

@@ -7,6 +7,7 @@ a checkpoint at step s therefore continues exactly as the uninterrupted run woul
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -66,6 +67,23 @@ class TrainResult:
 
 
 CURVE_POINTS = 200   # train/* points logged per run (at most one per step)
+
+
+class _StepContext:
+    """A reusable context: the autocast context and the kernel plan's attention context (entered anew each time)."""
+
+    def __init__(self, autocast, plan: KernelPlan):
+        self.autocast, self.plan, self._stack = autocast, plan, []
+
+    def __enter__(self):
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.autocast)
+        stack.enter_context(self.plan.attention_context())
+        self._stack.append(stack)
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.pop().__exit__(*exc)
 
 
 def compile_step(model: torch.nn.Module) -> torch.nn.Module:
@@ -186,14 +204,16 @@ class Trainer:
         if plan is None and dist.is_distributed() and not dist.is_main():
             plan = KernelPlan.from_state(dist.broadcast_object(None))
         plan = prepare_for_training(self.method, is_convnet(self.method.backbone), self.device, self.precision,
-                                    cfg.train.channels_last, cfg.train.conv_wgrad, trial_model=self.method.backbone,
+                                    cfg.train.channels_last, cfg.train.conv_wgrad, cfg.train.attention,
+                                    trial_model=self.method.backbone,
                                     channels=self.info.channels, sizes=tuple(self.recipe.sizes()),
                                     batch=cfg.optim.batch_size // self.world, plan=plan)
         if plan.source != "checkpoint" and dist.is_distributed() and dist.is_main():
             dist.broadcast_object(plan.to_state())
         if plan.source == "measured" and dist.is_main():
             print(f"sslbench: kernels measured on this CPU in {plan.trial_seconds:.1f} s (not counted in the budget; cached "
-                  f"for this machine): conv weight gradient {plan.summary()}, channels-last {plan.channels_last}",
+                  f"for this machine): conv weight gradient {plan.summary()}, channels-last {plan.channels_last}, "
+                  f"attention {plan.attention}",
                   file=sys.stderr)
         return plan
 
@@ -201,7 +221,7 @@ class Trainer:
         """The ``sslbench.kernels`` tag: what was chosen, how (measured now, from the machine's cache, the
         checkpoint, or a rule), the trial's seconds (not counted in a seconds budget) and its timings."""
         k = self.kernels
-        text = {"channels_last": k.channels_last, "conv_wgrad": k.summary(), "source": k.source,
+        text = {"channels_last": k.channels_last, "conv_wgrad": k.summary(), "attention": k.attention, "source": k.source,
                 "trial_s": round(k.trial_seconds, 2), "timings": k.timings}
         return json.dumps(text, sort_keys=True)[:5000]
 
@@ -282,6 +302,8 @@ class Trainer:
                "train.resolved.device": self.device.type, "train.resolved.precision": self.precision,
                "train.resolved.channels_last": self.channels_last, "train.resolved.conv_wgrad": self.kernels.summary(),
                "data.fingerprint": self.ds.fingerprint()}
+        if self.kernels.attention != "flash":     # PyTorch's default kernel, the one every earlier record ran, is left out
+            out["train.resolved.attention"] = self.kernels.attention
         if self.domains is not None:              # two image domains: how they were chosen (classes = label-using)
             out.update({"domains.mode": self.domains.mode, "domains.A": self.domains.names[0],
                         "domains.B": self.domains.names[1]})
@@ -332,7 +354,8 @@ class Trainer:
         n = len(x_all)
         bs_local = cfg.optim.batch_size // self.world
         rank = dist.rank()
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        amp = _StepContext(autocast, self.kernels)       # bf16 autocast and the plan's attention kernel, around every forward
         self.method.train()
         bar = self._bar()
         last_ckpt_time = time.monotonic()
