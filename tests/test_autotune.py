@@ -52,8 +52,9 @@ def test_cached_choices_decide_per_geometry_and_the_layers_follow_them(tmp_path)
     geos = conv_geometries(probe, 3, [16])
     # the cache says: GEMM for the last geometry only (as if this machine had measured it so)
     for i, geo in enumerate(geos):
-        cache.put(f"wgrad {geometry_key(geo)} b8", {"native_ms": 2.0, "gemm_ms": 1.0 if i == len(geos) - 1 else 3.0,
-                                                     "choice": "gemm" if i == len(geos) - 1 else "native"})
+        saved = {"native_ms": 2.0, "gemm_ms": 1.0 if i == len(geos) - 1 else 3.0,
+                 "choice": "gemm" if i == len(geos) - 1 else "native"}
+        assert cache.get_or_measure(f"wgrad {geometry_key(geo)} b8", lambda saved=saved: saved) == (saved, True)
     model = _cnn4()
     plan = prepare_for_training(model, True, CPU, "bf16", "on", "auto", trial_model=model, channels=3, sizes=(16,),
                                 batch=8, cache=cache)
@@ -113,11 +114,11 @@ def test_a_corrupt_or_unwritable_cache_is_measured_again_not_an_error(tmp_path):
     cache.path.parent.mkdir(parents=True, exist_ok=True)
     cache.path.write_text("{not json")
     assert cache.get("anything") is None
-    cache.put("k", {"choice": "native"})
+    assert cache.get_or_measure("k", lambda: {"choice": "native"}) == ({"choice": "native"}, True)   # measured again
     assert cache.get("k") == {"choice": "native"}
     ro = ChoiceCache(tmp_path / "file")
     (tmp_path / "file").write_text("a file where the folder should be")
-    ro.put("k", {"choice": "gemm"})        # silently not cached
+    assert ro.get_or_measure("k", lambda: {"choice": "gemm"}) == ({"choice": "gemm"}, True)   # silently not cached
     assert ro.get("k") is None
 
 

@@ -128,12 +128,6 @@ class ChoiceCache:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, self.path)
 
-    def put(self, key: str, value: dict) -> None:
-        try:
-            with self._locked():
-                self._write(key, value)
-        except OSError:
-            pass                                   # a read-only or full cache folder: the trial is redone next time
 
 
 def _best_times(fns: dict, reps: int = REPS) -> dict[str, float]:
@@ -283,11 +277,11 @@ def attention_shape(vit: nn.Module, size: int, batch: int) -> tuple[int, int, in
     if attn is None or not hasattr(attn, "num_heads") or patch is None:
         return None
     heads = int(attn.num_heads)
-    dim = int(attn.qkv.in_features) // heads if hasattr(attn, "qkv") else None
+    dim = getattr(attn, "head_dim", None)
     if not dim:
         return None
     tokens = int(getattr(vit, "num_prefix_tokens", 1)) + (size // patch[0]) * (size // patch[1])
-    return batch, heads, tokens, dim
+    return batch, heads, tokens, int(dim)
 
 
 def attention_trial(shape: tuple[int, int, int, int], bf16: bool) -> dict:

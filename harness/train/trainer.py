@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import sys
@@ -69,21 +70,11 @@ class TrainResult:
 CURVE_POINTS = 200   # train/* points logged per run (at most one per step)
 
 
-class _StepContext:
-    """A reusable context: the autocast context and the kernel plan's attention context (entered anew each time)."""
-
-    def __init__(self, autocast, plan: KernelPlan):
-        self.autocast, self.plan, self._stack = autocast, plan, []
-
-    def __enter__(self):
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.autocast)
-        stack.enter_context(self.plan.attention_context())
-        self._stack.append(stack)
-        return self
-
-    def __exit__(self, *exc):
-        return self._stack.pop().__exit__(*exc)
+@contextlib.contextmanager
+def step_context(autocast, plan: KernelPlan):
+    """Around every training forward: bf16 autocast and the kernel plan's attention kernel."""
+    with autocast, plan.attention_context():
+        yield
 
 
 def compile_step(model: torch.nn.Module) -> torch.nn.Module:
@@ -355,7 +346,7 @@ class Trainer:
         bs_local = cfg.optim.batch_size // self.world
         rank = dist.rank()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        amp = _StepContext(autocast, self.kernels)       # bf16 autocast and the plan's attention kernel, around every forward
+        amp = functools.partial(step_context, autocast, self.kernels)
         self.method.train()
         bar = self._bar()
         last_ckpt_time = time.monotonic()
@@ -410,7 +401,7 @@ class Trainer:
             step_loss = None
             for k, (phase, opt) in enumerate(zip(self.phases, self.optimizers)):   # one phase per optimiser
                 info = StepInfo(self.step, p, self.total, gen, phase.name)
-                with amp:
+                with amp():
                     phase_out = self.model(batch, info)
                 loss = phase_out["loss"]
                 # the global batch's loss (the mean over processes: losses are means over each process's
@@ -493,7 +484,7 @@ class Trainer:
             views = self.recipe(x.to(self.device), gen, self.ds.mean, self.ds.std, keep_source=True)
             if self.channels_last:
                 views.images = [v.contiguous(memory_format=torch.channels_last) for v in views.images]
-            with amp:
+            with amp():
                 self.method.prepare_batch(Batch(views, idx.to(self.device), None))
         self.elapsed += time.perf_counter() - t0
 
