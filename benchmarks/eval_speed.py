@@ -29,7 +29,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from evals.knn import knn_eval, resolve_backend  # noqa: E402
-from evals.linear import linear_probe  # noqa: E402
+from evals.linear import LINEAR_EPOCHS, linear_probe  # noqa: E402
 from evals.linear_lbfgs import lbfgs_probe  # noqa: E402
 from harness.models.autotune import machine_summary  # noqa: E402
 
@@ -94,7 +94,7 @@ def main(argv=None):
     ap.add_argument("--latent", type=int, default=32, help="dimension of the class-clustered latent code")
     ap.add_argument("--noise", type=float, default=1.6, help="latent noise (higher: harder)")
     ap.add_argument("--repeats", type=int, default=2, help="timings are the min over this many runs")
-    ap.add_argument("--epochs", type=int, default=30, help="linear probe epochs")
+    ap.add_argument("--epochs", type=int, default=LINEAR_EPOCHS, help="linear probe epochs (default: eval.linear_epochs's)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["knn", "faiss", "sk-knn", "linear", "lbfgs", "sk-linear"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from evals.linear import LINEAR_EPOCHS
 from evals.protocols import DEFAULT_PROTOCOLS, PROTOCOLS
 from harness.core.config import between, choices, list_of_choices, positive
 from harness.core.schema import SALIENCY_METHODS, SALIENCY_THRESHOLDS
@@ -20,7 +21,7 @@ class EvalConfig:
     label_fractions: list[float] = field(default_factory=list,            # extra linear probes on e.g. [0.01, 0.1] of train
                                          metadata={"min": 0, "max": 1, "strict": True})
     batch_size: int = positive(512)
-    linear_epochs: int = positive(30)
+    linear_epochs: int = positive(LINEAR_EPOCHS)   # evals.linear.LINEAR_EPOCHS (30 before 2026-12-07)
     features: str = choices("backbone", "projector", "cls", "mean_patch", default="backbone")  # evals.features.scored_encoder
     holdout_fraction: float = between(0.1, 0, 1, open_lo=True, open_hi=True)
     au_pairs: int = positive(4096)

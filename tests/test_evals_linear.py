@@ -113,3 +113,40 @@ def test_blind_heads_never_see_hidden_rows_labels():
     z0[hidden] = 0.0
     w3, _ = train_heads(z0, y2, 5, [0.1, 0.3, 0.1, 0.3], [0.0] * 4, **kw)
     torch.testing.assert_close(w3[:, :2], w1[:, :2])
+
+
+def test_standardizer_equals_its_formula_by_hand_and_blockwise():
+    # columns (1, 2, 3, 6) and (10, 10, 10, 10): means 3 and 10, population variances 3.5 and 0
+    x = torch.tensor([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [6.0, 10.0]])
+    s = Standardizer.fit(x)
+    assert torch.allclose(s.mean, torch.tensor([3.0, 10.0]))
+    assert torch.allclose(s.std, torch.tensor([3.5, 0.0]).add(1e-5).sqrt())
+    assert torch.allclose(s(x)[:, 0], (x[:, 0] - 3.0) / (3.5 + 1e-5) ** 0.5)
+    # a tall matrix with a large offset (no cancellation), in several blocks, rows picked and cast on the way
+    g = torch.Generator().manual_seed(0)
+    big = torch.randn(3 * Standardizer.ROWS + 17, 8, generator=g) * torch.linspace(0.1, 5, 8) + 1e3
+    s = Standardizer.fit(big)
+    var, mean = torch.var_mean(big.double(), 0, correction=0)
+    assert torch.allclose(s.mean.double(), mean, rtol=1e-6, atol=0)   # float32 accumulation of ~1e3
+    assert torch.allclose(s.std.double() ** 2, var + 1e-5, rtol=1e-4)
+    rows = torch.randperm(len(big), generator=g)[:2500]
+    ref = (big[rows] - s.mean) / s.std
+    assert torch.allclose(s(big, rows), ref, atol=1e-4)
+    half = s(big, rows, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), ref, atol=0.02)
+
+
+def test_the_epochs_benchmark_scores_on_train_only(tmp_path, capsys):
+    from conftest import load_benchmark
+
+    xtr, ytr = clusters(600, seed=5)
+    cache = tmp_path / "feature-cache" / "weights" / "data"
+    cache.mkdir(parents=True)
+    np.save(cache / "train-eval-backbone-fp32.npy", xtr.numpy())
+    np.save(cache / "test-eval-backbone-fp32.npy", np.full((50, 32), np.nan, dtype=np.float32))   # never read
+    np.savez(tmp_path / "labels.npz", y_train=ytr.numpy())   # no y_test: the test split cannot be read
+    load_benchmark("linear_probe_epochs").main([str(tmp_path / "labels.npz"), str(tmp_path / "feature-cache"),
+                                                "--epochs", "6,3"])
+    out = capsys.readouterr().out
+    assert "1 TRAIN feature files" in out and "scored on a 121-row TRAIN hold-out" in out
+    assert "epochs   6: - ep6 mean +0.00" in out and "epochs   3: - ep6 mean" in out and "sklearn mean" in out
