@@ -19,19 +19,28 @@ LBFGS_WD_GRID = (1e-5, 1e-4, 1e-3)
 def fit_lbfgs(z: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float, max_iter: int = 100,
               tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression, ``min mean_i CE(W z_i + b, y_i) + wd/2 ||W||^2``, full-batch L-BFGS
-    (strong-Wolfe line search). Returns ``W`` (D, C), ``b`` (C)."""
+    (strong-Wolfe line search). Returns ``W`` (D, C), ``b`` (C).
+
+    The gradient is analytic, ``dL/dW = z^T G + wd W`` with ``G = (softmax(zW + b) - onehot(y)) / N``, and
+    computed as ``(G^T z)^T``: autograd's ``z^T G`` multiplies by a transposed tall matrix, ~4x slower on a
+    CPU than the row-major product for a handful of classes."""
+    n = len(z)
     w = torch.zeros(z.shape[1], num_classes, requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
+    onehot = F.one_hot(y, num_classes).to(z.dtype)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=10, tolerance_grad=tol,
                             tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
+    @torch.no_grad()
     def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(torch.addmm(b, z, w), y) + 0.5 * wd * (w * w).sum()
-        loss.backward()
+        logp = torch.log_softmax(torch.addmm(b, z, w), dim=1)
+        loss = -(logp * onehot).sum() / n + 0.5 * wd * (w * w).sum()
+        g = logp.exp_().sub_(onehot).div_(n)                      # softmax - onehot, over N
+        w.grad = torch.mm(g.T, z).T.contiguous().add_(w, alpha=wd)
+        b.grad = g.sum(0)
         return loss
 
-    with torch.enable_grad(), _threads(1 if z.numel() < (1 << 22) else torch.get_num_threads()):
+    with _threads(1 if z.numel() < (1 << 22) else torch.get_num_threads()):
         opt.step(closure)
     return w.detach(), b.detach()
 

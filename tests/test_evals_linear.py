@@ -150,3 +150,18 @@ def test_the_epochs_benchmark_scores_on_train_only(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 TRAIN feature files" in out and "scored on a 121-row TRAIN hold-out" in out
     assert "epochs   6: - ep6 mean +0.00" in out and "epochs   3: - ep6 mean" in out and "sklearn mean" in out
+
+
+def test_lbfgs_fit_is_the_regularised_optimum():
+    """The analytic gradient drives L-BFGS to the point where autograd's gradient of the objective vanishes."""
+    from evals.linear_lbfgs import fit_lbfgs
+
+    x, y = clusters(600, seed=7)
+    z = Standardizer.fit(x)(x)
+    wd = 1e-2   # strictly convex: one optimum
+    w, b = fit_lbfgs(z, y, 5, wd, max_iter=500, tol=1e-9)
+    w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(torch.addmm(b, z, w), y) + 0.5 * wd * (w * w).sum()
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    assert gw.abs().max() < 1e-4 and gb.abs().max() < 1e-4
+    assert w.abs().max() > 0.1   # it moved: a zero gradient at the start would also pass the line above
