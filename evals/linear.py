@@ -88,9 +88,9 @@ class Standardizer:
         acc = torch.zeros(x.shape[1], dtype=torch.float64)
         buf = torch.empty(min(cls.ROWS, len(x)), x.shape[1])
         for i in range(0, len(x), cls.ROWS):
-            blk = buf[:len(x[i:i + cls.ROWS])]
-            torch.sub(x[i:i + cls.ROWS], mean, out=blk).mul_(blk)
-            acc += blk.sum(0, dtype=torch.float64)
+            rows = x[i:i + cls.ROWS]
+            dev = torch.sub(rows, mean, out=buf[:len(rows)])
+            acc += dev.mul_(dev).sum(0, dtype=torch.float64)      # squared deviations
         var = (acc / max(len(x), 1)).float()
         return cls(mean, (var + BN_EPS).sqrt())
 

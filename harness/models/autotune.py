@@ -129,7 +129,6 @@ class ChoiceCache:
         os.replace(tmp, self.path)
 
 
-
 def _best_times(fns: dict, reps: int = REPS) -> dict[str, float]:
     """Each candidate's fastest of ``reps`` runs after a warm-up (oneDNN primitive creation, buffers),
     the candidates interleaved: another process's load only ever adds time, and it hits every candidate
