@@ -16,7 +16,10 @@ token (``harness.input_tokens``); the teacher sees them un-masked. Two losses, a
 
 The patch outputs go through the same DINO head as [CLS] (the recipes' ``shared_head``), with their
 own centre (``center2``, over every teacher patch token) and teacher temperature (0.04 -> 0.07 over
-the warm-up); the student has stochastic depth 0.1 (applied inside the training forward). DINO's
+the warm-up). The student's head runs on [CLS] and the masked tokens only (the rows the losses read)
+unless the head has BatchNorm (the small preset's ``head_bn``), which normalises over every row it is
+given and so gets every token -- the same loss and gradients either way without BN, at a fraction of
+the head's cost; the student has stochastic depth 0.1 (applied inside the training forward). DINO's
 head, centring, EMA and multi-crop code are used as they are (one place for each).
 
 ``encoder()`` is the student ViT; its evaluator features are the mean patch token (our ViTs pool
@@ -89,10 +92,17 @@ class iBOT(DINO):
                           drop_path_rate=drop)
         return final_norm(vit, t)
 
-    def heads(self, head: nn.Module, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[CLS] and patch logits of tokens (B, prefix + L, D) through one DINO head."""
+    def heads(self, head: nn.Module, t: torch.Tensor, mask: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[CLS] and patch logits of tokens (B, prefix + L, D) through one DINO head: every patch
+        token's (B, L, K), or with ``mask`` (B, L) only the masked ones' rows (M, K) in ``mask``'s
+        order -- the only student rows the loss reads. The same numbers either way when the head
+        has no BatchNorm (a BN head normalises over every row it is given, so it gets all of them)."""
         b, n, d = t.shape
         npf = self.backbone.num_prefix_tokens
+        if mask is not None:
+            out = head(torch.cat([t[:, 0], t[:, npf:][mask.bool()]]))
+            return out[:b], out[b:]
         out = head(t.reshape(b * n, d)).view(b, n, -1)
         return out[:, 0], out[:, npf:]
 
@@ -105,7 +115,8 @@ class iBOT(DINO):
         p = vit.patch_embed.patch_size[0]
         grid = (glob.shape[-2] // p, glob.shape[-1] // p)
         mask = self.masks(glob.shape[0], grid, step.generator, glob.device)
-        s_cls, s_patch = self.heads(self.head, self.tokens(vit, glob, mask, c.drop_path))
+        s_cls, s_patch = self.heads(self.head, self.tokens(vit, glob, mask, c.drop_path),
+                                    None if c.head_bn else mask)     # masked rows only where that is exact
         s_out = list(s_cls.chunk(2))
         if len(views) > 2:                               # local crops: no masks, [CLS] only
             loc = torch.cat(views[2:])

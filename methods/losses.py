@@ -459,11 +459,18 @@ def ibot_patch_loss(teacher_probs: torch.Tensor, student_logits: torch.Tensor, m
         L = mean_b [ sum_{i masked in b} -sum_k P_t(u_i)_k log P_s(u^_i)_k / max(1, #masked in b) ]
 
     ``teacher_probs`` (B, L, K): the teacher's centred, sharpened patch distributions of the
-    un-masked view; ``student_logits`` (B, L, K): the student's patch outputs of the masked view;
-    ``mask`` (B, L), 1 where the student's patch was masked. Images without masked patches add 0."""
-    ce = -(teacher_probs * F.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)   # (B, L)
-    m = mask.float()
-    return ((ce * m).sum(1) / m.sum(1).clamp(min=1.0)).mean()
+    un-masked view; ``mask`` (B, L), 1 where the student's patch was masked; ``student_logits``: the
+    student's patch outputs of the masked view, either all of them (B, L, K) or only the masked
+    positions' rows (M, K), M = mask.sum(), in ``mask``'s row-major order (what ``x[mask.bool()]``
+    gives; only these rows enter the loss). Images without masked patches add 0."""
+    m = mask.bool()
+    if student_logits.dim() == 3:
+        student_logits = student_logits[m]
+    if student_logits.shape[0] != int(m.sum()):
+        raise ValueError(f"ibot_patch_loss: {student_logits.shape[0]} student rows for {int(m.sum())} masked patches")
+    per_image = m.sum(1, keepdim=True).clamp(min=1).expand_as(m)[m]                        # (M,) #masked in b
+    ce = -(teacher_probs[m] * F.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)   # (M,)
+    return (ce / per_image).sum() / m.shape[0]
 
 
 def cmc_loss(z: list[torch.Tensor], temperature: float) -> torch.Tensor:

@@ -240,6 +240,57 @@ def test_ibot_patch_loss_on_a_hand_case():
     assert ibot_patch_loss(t2, s2, torch.tensor([[1, 0], [0, 0]])).item() == pytest.approx(math.log(2) / 2)
 
 
+def test_ibot_patch_loss_takes_only_the_masked_rows():
+    from methods.losses import ibot_patch_loss
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.softmax(torch.randn(3, 5, 7, generator=g), -1)
+    s = torch.randn(3, 5, 7, generator=g)
+    mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 1, 1, 1, 0]])
+    # the formula written out: image 0 has 2 masked patches, image 1 none, image 2 three
+    ce = -(t * torch.log_softmax(s / 0.1, -1)).sum(-1)
+    want = ((ce[0, 0] + ce[0, 2]) / 2 + 0 + (ce[2, 1] + ce[2, 2] + ce[2, 3]) / 3) / 3
+    assert ibot_patch_loss(t, s, mask).item() == pytest.approx(want.item(), rel=1e-6)
+    assert ibot_patch_loss(t, s[mask.bool()], mask).item() == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="student rows"):
+        ibot_patch_loss(t, s[mask.bool()][:-1], mask)
+
+
+def test_ibot_student_head_on_masked_rows_only_is_exact_without_bn(tmp_path):
+    """Without BatchNorm in the head the student's head runs on [CLS] + the masked tokens only: the
+    loss and every gradient equal those of the head over every token; a BN head gets every token."""
+    from harness.data.views import Views
+    from harness.method.contract import Batch, StepInfo
+
+    ds = synthetic(n_train=64, n_test=16, image_size=16)
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g),
+             torch.randn(8, 3, 8, 8, generator=g), torch.randn(8, 3, 8, 8, generator=g)]
+
+    def step(m, restricted):
+        m.zero_grad()
+        m.cfg.head_bn = not restricted          # the branch only: the head itself was built without BN
+        calls = []
+        h = m.head.register_forward_hook(lambda mod, a, out: calls.append(a[0].shape[0]))
+        out = m.training_step(Batch(Views(views, None, None), torch.arange(8)),
+                              StepInfo(0, 0.5, None, torch.Generator().manual_seed(3)))
+        h.remove()
+        out["loss"].backward()
+        return out, calls, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
+
+    m = Trainer(run_cfg("ibot", method_cfg__head_bn=False, method_cfg__drop_path=0.0), ds, tmp_path).method
+    full, calls_full, g_full = step(m, restricted=False)
+    part, calls_part, g_part = step(m, restricted=True)
+    n_masked = int(round(part["masked"].item() * 16 * 16))   # 16 global crops x 16 patches
+    assert 0 < n_masked < 16 * 16
+    assert calls_full[0] == 16 * 17 and calls_part[0] == 16 + n_masked   # 16 crops x (CLS + 16 patches)
+    assert part["loss_patch"].item() == pytest.approx(full["loss_patch"].item(), rel=1e-5)
+    assert part["loss"].item() == pytest.approx(full["loss"].item(), rel=1e-5)
+    assert g_full.keys() == g_part.keys()
+    for k in g_full:
+        assert torch.allclose(g_part[k], g_full[k], rtol=1e-4, atol=1e-7), k
+
+
 def test_ibot_masks_about_half_the_crops_with_ratios_in_range(tmp_path):
     ds = synthetic(n_train=64, n_test=16, image_size=16)
     m = Trainer(run_cfg("ibot"), ds, tmp_path).method
