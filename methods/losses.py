@@ -466,7 +466,7 @@ def ibot_patch_loss(teacher_probs: torch.Tensor, student_logits: torch.Tensor, m
     m = mask.bool()
     if student_logits.dim() == 3:
         student_logits = student_logits[m]
-    if student_logits.shape[0] != int(m.sum()):
+    elif student_logits.shape[0] != int(m.sum()):                 # rows handed in: one per masked patch
         raise ValueError(f"ibot_patch_loss: {student_logits.shape[0]} student rows for {int(m.sum())} masked patches")
     per_image = m.sum(1, keepdim=True).clamp(min=1).expand_as(m)[m]                        # (M,) #masked in b
     ce = -(teacher_probs[m] * F.log_softmax(student_logits.float() / student_temperature, dim=-1)).sum(-1)   # (M,)
