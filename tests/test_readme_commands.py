@@ -56,6 +56,6 @@ def test_every_committed_table_has_its_command():
         name = name.replace("cifar10_cpu_pretext", "cifar10_cpu").replace("cifar10_multimodal", "cifar10_cpu")
         name = name.replace("cifar10_background", "cifar10_cpu").replace("fashion_mnist_multimodal", "fashion_mnist_all")
         name = name.replace("cifar10_10min_rerun", "cifar10_10min")     # the same suite, measured again
-        name = name.replace("mim_cifar10_960s", "mim_cifar10_cpu")      # the same suite at budget.value=960
-        name = name.replace("mim_cifar10_240s", "mim_cifar10_cpu")      # the same suite, three seeds of four methods
+        name = name.replace("mim_cifar10_960s", "mim_cifar10_cpu")      # the same suite at budget.value=960 (and iBOT at 1920)
+        name = name.replace("mim_cifar10_240s", "mim_cifar10_cpu")      # the same suite, three seeds at the suite budget
         assert name in suites, f"results/reference/{folder.name} has no command in the README"
