@@ -100,12 +100,17 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *TRAIN, "out_dir=killed"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = next(iter([]), None)
+    # Kill at a random step, chosen up front and watched for in the checkpoints (every 2 steps), not after a random
+    # sleep: on a fast CPU the whole 60-step run can finish inside any fixed sleep, and the kill would land too late.
+    target = random.randint(4, 40)
     deadline = time.time() + 120
     run_dirs = tmp_path / "killed"
-    while time.time() < deadline and not list(run_dirs.glob("*/*/checkpoint.pt")):
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.2, 1.5))  # a random step
+    step = 0
+    while time.time() < deadline and proc.poll() is None and step < target:
+        found = list(run_dirs.glob("*/*/checkpoint.pt"))
+        if found:  # written by os.replace, so a load never sees half a file
+            step = torch.load(found[0], weights_only=True)["step"]
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     ckpt = list(run_dirs.glob("*/*/checkpoint.pt"))[0]
