@@ -23,12 +23,26 @@ def test_bars_start_at_zero_and_carry_their_values(tmp_path):
     assert ax.get_xlim()[0] == 0.0
     texts = {t.get_text() for t in ax.texts}
     frame = tables[0].frame
-    assert {f"{v:.1f}" for v in frame["knn/top1@20/mean"]} <= texts and {f"{v:.1f}" for v in frame["linear/top1/mean"]} <= texts
+    for m in ("knn/top1@20", "linear/top1", "finetune/top1"):   # the MIM table has all three: each a bar per row
+        assert {f"{v:.1f}" for v in frame[f"{m}/mean"]} <= texts, m
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"kNN@20", "linear", "fine-tune"} <= legend, legend
+
+
+def test_a_table_without_fine_tuning_draws_no_fine_tune_bar(tmp_path):
+    t = tables_from_csv(ROOT / "results/reference/mim_cifar10_cpu/leaderboard.csv")[0]
+    for c in [c for c in t.frame.columns if c.startswith("finetune/")]:
+        t.frame[c] = np.nan if c.endswith(("/mean", "/ci")) else 0
+    figs = []
+    plot([t], tmp_path, "board", on_figure=figs.append)
+    ax = figs[0].sslbench_bar_axis
+    assert "fine-tune" not in {x.get_text() for x in ax.get_legend().get_texts()}
+    assert len(ax.patches) == 2 * len(t.frame)      # kNN and linear bars only
 
 
 def test_a_table_without_the_metric_draws_nothing_and_warns_nothing(tmp_path):
     t = tables_from_csv(ROOT / "results/reference/mim_cifar10_cpu/leaderboard.csv")[0]
-    for c in [c for c in t.frame.columns if c.startswith(("knn/", "linear/"))]:
+    for c in [c for c in t.frame.columns if c.startswith(("knn/", "linear/", "finetune/"))]:
         t.frame[c] = np.nan if c.endswith(("/mean", "/ci")) else 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")

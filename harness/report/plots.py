@@ -100,7 +100,12 @@ def _label(r) -> str:
     return f"{'random init' if r['method'] == RANDOM_INIT else r['method']} ({r['backbone']})"
 
 
-def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = HEADLINE_METRICS,
+# the bars: the headline pair, and fine-tuning where a table has it (the MIM suites' headline protocol); a
+# metric no row of a table measured draws no bar there
+PLOT_METRICS = (*HEADLINE_METRICS, "finetune/top1")
+
+
+def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = PLOT_METRICS,
          on_figure=None) -> list[Path]:
     """One PNG per table: horizontal bars of the headline metrics (mean, 95% CI whiskers), one row per
     (method, backbone) sorted by the first metric, random-init rows grey; beside it the
