@@ -80,15 +80,19 @@ def plot_budget_curves(tables: list[Table], out: Path, stem: str, metric: str = 
 
 def _place_labels(ax, points: list[tuple[int, float, float]]) -> None:
     """Number each scatter point, each label at whichever of a few offsets lies farthest from the
-    other points and the labels placed so far (greedy, in screen coordinates)."""
+    other points and the labels placed so far (greedy, in screen coordinates), inside the axes where one
+    fits (a point pinned to the border would otherwise put its number over the title or the tick labels)."""
     offsets = [(4, 3), (4, -10), (-14, 3), (-14, -10), (4, 11), (-14, 11), (10, -3), (-20, -3)]
     fig_dpi = ax.figure.dpi / 72.0
     screen = [ax.transData.transform((u, a)) for _, u, a in points]
+    box = ax.bbox
     taken: list[tuple[float, float]] = []
     def clearance(o, sx, sy):
-        cx, cy = sx + (o[0] + 4) * fig_dpi, sy + (o[1] + 3) * fig_dpi
+        x0, y0 = sx + o[0] * fig_dpi, sy + o[1] * fig_dpi      # the label's box: ~8 x 7 points from its anchor
+        inside = box.x0 <= x0 and x0 + 8 * fig_dpi <= box.x1 and box.y0 <= y0 and y0 + 7 * fig_dpi <= box.y1
+        cx, cy = x0 + 4 * fig_dpi, y0 + 3 * fig_dpi
         others = [q for q in screen if abs(q[0] - sx) + abs(q[1] - sy) > 1e-6] + taken
-        return min((np.hypot(cx - qx, cy - qy) for qx, qy in others), default=np.inf)
+        return inside, min((np.hypot(cx - qx, cy - qy) for qx, qy in others), default=np.inf)
 
     for (rank, u, a), (sx, sy) in zip(points, screen):
         best = max(offsets, key=lambda o, sx=sx, sy=sy: clearance(o, sx, sy))
@@ -192,8 +196,10 @@ def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = P
                 placed.append((rank, u, a))
             _place_labels(ax2, placed)
             if off_scale:
-                ax2.text(0.01, 0.01, "off scale (pinned to the border): " + "; ".join(off_scale), transform=ax2.transAxes,
-                         fontsize=7, va="bottom", wrap=True)
+                # below the axis label, one line per point: never over a point, never past the axes' width
+                ax2.annotate("off scale (pinned to the border): " + "\n".join(off_scale), (0.0, 0.0),
+                             xycoords="axes fraction", xytext=(0, -38), textcoords="offset points", fontsize=7,
+                             va="top", annotation_clip=False)
             handles, leg = ax2.get_legend_handles_labels()
             order = sorted(range(len(leg)), key=lambda q: int(leg[q].split(".")[0]))
             ax2.legend([handles[q] for q in order], [leg[q] for q in order], fontsize=7, loc="upper left",
