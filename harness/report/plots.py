@@ -111,8 +111,8 @@ PLOT_METRICS = (*HEADLINE_METRICS, "finetune/top1")
 
 def plot(tables: list[Table], out: Path, stem: str, metrics: tuple[str, ...] = PLOT_METRICS,
          on_figure=None) -> list[Path]:
-    """One PNG per table: horizontal bars of the headline metrics (mean, 95% CI whiskers), one row per
-    (method, backbone) sorted by the first metric, random-init rows grey; beside it the
+    """One PNG per table: horizontal bars of ``metrics`` where measured (mean, 95% CI whiskers), one row per
+    (method, backbone) sorted by the first metric, random-init rows hatched; beside it the
     alignment/uniformity scatter, each point numbered as its bar row and named in a legend."""
     import matplotlib
 
