@@ -87,16 +87,19 @@ def _place_labels(ax, points: list[tuple[int, float, float]]) -> None:
     screen = [ax.transData.transform((u, a)) for _, u, a in points]
     box = ax.bbox
     taken: list[tuple[float, float]] = []
+    def centre(o, sx, sy):     # the label's box is ~8 x 7 points from its anchor at offset o
+        return sx + (o[0] + 4) * fig_dpi, sy + (o[1] + 3) * fig_dpi
+
     def clearance(o, sx, sy):
-        x0, y0 = sx + o[0] * fig_dpi, sy + o[1] * fig_dpi      # the label's box: ~8 x 7 points from its anchor
+        x0, y0 = sx + o[0] * fig_dpi, sy + o[1] * fig_dpi
         inside = box.x0 <= x0 and x0 + 8 * fig_dpi <= box.x1 and box.y0 <= y0 and y0 + 7 * fig_dpi <= box.y1
-        cx, cy = x0 + 4 * fig_dpi, y0 + 3 * fig_dpi
+        cx, cy = centre(o, sx, sy)
         others = [q for q in screen if abs(q[0] - sx) + abs(q[1] - sy) > 1e-6] + taken
         return inside, min((np.hypot(cx - qx, cy - qy) for qx, qy in others), default=np.inf)
 
     for (rank, u, a), (sx, sy) in zip(points, screen):
         best = max(offsets, key=lambda o, sx=sx, sy=sy: clearance(o, sx, sy))
-        taken.append((sx + (best[0] + 4) * fig_dpi, sy + (best[1] + 3) * fig_dpi))
+        taken.append(centre(best, sx, sy))
         ax.annotate(str(rank), (u, a), textcoords="offset points", xytext=best, fontsize=7)
 
 
